@@ -1,0 +1,72 @@
+"""Inference backends behind one interface, so the pipeline never knows which runtime it drives.
+
+A backend owns its input buffers (page-locked for TensorRT) in a ring of `slots`; the pipeline's stages use them
+without copying:
+
+    slot = backend.acquire()            # preprocess thread: blocks until a slot is free
+    slot.input[i] = resized frame       # write straight into the backend's (pinned) buffer, i < backend.max_batch
+    backend.submit(slot, n)             # infer thread: enqueue inference of the first n images (may be async)
+    outputs = backend.wait(slot)        # postprocess thread: block until done; arrays valid until release()
+    backend.release(slot)               # slot may be reused
+
+`infer(images)` wraps those steps for callers that do not pipeline (check, bench, evaluation). The backend module
+is chosen by name and imported only when selected, so `tensorrt`/`pycuda` load only for `backend = "tensorrt"`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+import numpy as np
+
+from edge.errors import BackendError
+
+if TYPE_CHECKING:
+    from edge.bundle import Bundle
+    from edge.config import ModelConfig
+
+
+class ModelOutputs(NamedTuple):
+    """What every backend returns; the field names are the ONNX output names (export takes them from here)."""
+
+    score: np.ndarray  # (B,) float32, normalised: 1.0 = calibrated image threshold
+    anomaly_map: np.ndarray  # (B, 1, H, W) float32, same scale
+    mask: np.ndarray  # (B, 1, H, W) uint8 {0, 1}
+
+
+class Slot(Protocol):
+    """One in-flight unit of work: a backend-owned input buffer and whatever the runtime needs to track it."""
+
+    index: int
+    input: np.ndarray  # (max_batch, H, W, 3) uint8, owned by the backend
+    n: int  # images submitted
+
+
+class Backend(Protocol):
+    """The interface every backend module's `load(bundle, config) -> Backend` returns."""
+
+    name: str
+    max_batch: int
+    input_shape: tuple[int, int, int]  # (H, W, 3)
+
+    def acquire(self) -> Slot: ...
+    def submit(self, slot: Slot, n: int) -> None: ...
+    def wait(self, slot: Slot) -> ModelOutputs: ...
+    def release(self, slot: Slot) -> None: ...
+    def infer(self, images: np.ndarray) -> ModelOutputs: ...
+    def close(self) -> None: ...
+
+
+_MODULES = {"onnxruntime": "edge.backends.ort", "tensorrt": "edge.backends.trt"}
+
+
+def load_backend(bundle: Bundle, config: ModelConfig) -> Backend:
+    """Import only the selected backend's module and load `bundle` into it."""
+    try:
+        module = importlib.import_module(_MODULES[config.backend])
+    except ImportError as exc:
+        extra = " (install inspectd[gpu] on a GPU box)" if config.backend == "tensorrt" else ""
+        msg = f"model.backend = {config.backend!r} cannot be loaded: {exc}{extra}"
+        raise BackendError(msg) from exc
+    return module.load(bundle, config)

@@ -1,0 +1,340 @@
+"""Typed, validated configuration: `config.toml`, then `INSPECTD_SECTION__KEY` environment overrides, then secrets.
+
+Every field has a default and a description; the description is the inline documentation in `config.toml`.
+Unknown keys are refused (a typo must not silently fall back to a default on a production line). Secrets (MQTT
+password, TLS key passphrase) are never read from the TOML: they come from the environment or from systemd
+credentials in `$CREDENTIALS_DIRECTORY`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from edge.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Jetson (JetPack 6) ships Python 3.10
+    import tomli as tomllib
+
+# Secrets: config key path -> systemd credential name. Refused in the TOML, read from env or credentials.
+SECRETS: dict[tuple[str, str], str] = {
+    ("mqtt", "password"): "mqtt_password",
+    ("mqtt", "tls_key_password"): "mqtt_tls_key_password",
+}
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    bundle: Path = Field(Path("var/bundle"), description="Model bundle folder (model.onnx + bundle.json).")
+    backend: Literal["onnxruntime", "tensorrt"] = Field(
+        "onnxruntime", description='Inference backend: "onnxruntime" (CPU, or CUDA EP when installed) or "tensorrt".'
+    )
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto",
+        description='"auto" uses the bundle\'s INT8 flavour only where it was measured faster on this box; '
+        '"fp32" or "int8" force one.',
+    )
+    threads: int = Field(2, ge=1, le=256, description="ONNX Runtime intra-op threads.")
+    max_batch: int = Field(1, ge=1, le=64, description="Largest batch the backend is given (TensorRT profile max).")
+    batch_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="How long to wait for more queued frames to fill a batch (max_batch > 1)."
+    )
+    slots: int = Field(2, ge=2, le=3, description="TensorRT: ring of pinned-memory slots in flight at once.")
+    cuda_graphs: bool = Field(True, description="TensorRT: capture copy+enqueue as CUDA graphs, falling back if capture fails.")
+
+
+class SourceConfig(Section):
+    kind: Literal["folder", "video", "v4l2", "rtsp", "gstreamer"] = Field(
+        "folder", description='Frame source: "folder", "video", "v4l2", "rtsp" (also http), "gstreamer".'
+    )
+    uri: str = Field(
+        "var/sample/stream",
+        description="Folder path, video file, V4L2 device index or /dev/videoN, RTSP/HTTP URL, or GStreamer pipeline.",
+    )
+    name: str = Field("cam0", description="Camera name, carried in every verdict and log line.")
+    glob: str = Field("*", description='folder: file name pattern, e.g. "*.png" (files are taken in sorted order).')
+    loop: bool = Field(False, description="folder/video: start again at the end instead of stopping.")
+    fps: float = Field(0.0, ge=0, le=1000, description="folder/video: pace frames at this rate (0 = as fast as inference).")
+    roi: tuple[int, int, int, int] | None = Field(
+        None, description="Optional crop [x, y, w, h] in frame pixels, applied before resizing to the model input."
+    )
+    stall_timeout_s: float = Field(5.0, gt=0, le=3600, description="No frame for this long = camera lost; reconnect.")
+    reconnect_min_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay; doubles on each failure.")
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Longest reconnect delay (retries never stop).")
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> SourceConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            msg = (
+                f"source.reconnect_max_s ({self.reconnect_max_s}) must be >= "
+                f"source.reconnect_min_s ({self.reconnect_min_s})"
+            )
+            raise ValueError(msg)
+        if self.roi is not None and (self.roi[2] <= 0 or self.roi[3] <= 0 or min(self.roi[:2]) < 0):
+            msg = f"source.roi must be [x>=0, y>=0, w>0, h>0], got {list(self.roi)}"
+            raise ValueError(msg)
+        return self
+
+
+class PipelineConfig(Section):
+    mode: Literal["continuous", "triggered"] = Field(
+        "continuous",
+        description='"continuous": judge frames as they come, skipping (and counting) when behind; '
+        '"triggered": one verdict per message on <prefix>/trigger, never skipped.',
+    )
+    queue_size: int = Field(4, ge=1, le=1024, description="Bounded queue length between pipeline stages.")
+    trigger_timeout_s: float = Field(
+        2.0, gt=0, le=60, description="triggered: a trigger with no frame within this time gets an error verdict."
+    )
+    shutdown_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="On SIGTERM: time to drain in-flight frames and flush the spool before exit."
+    )
+
+
+class PostprocessConfig(Section):
+    min_area: int = Field(16, ge=0, description="Defect regions smaller than this (in model-input pixels) are dropped.")
+    max_regions: int = Field(16, ge=0, le=256, description="At most this many regions (the largest) per verdict.")
+
+
+class MqttConfig(Section):
+    enabled: bool = Field(True, description="Publish verdicts over MQTT.")
+    host: str = Field("127.0.0.1", description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual for TLS).")
+    transport: Literal["tcp", "websockets", "unix"] = Field("tcp", description='"unix": host is a socket path.')
+    protocol: Literal["5", "3.1.1"] = Field("5", description='MQTT protocol version: "5" or "3.1.1".')
+    client_id: str = Field("", description='Client id; "" = inspectd-<line>-<station>.')
+    line: str = Field("line1", description="Production line name, used in the default topic prefix.")
+    station: str = Field("station1", description="Station name, used in the default topic prefix.")
+    prefix: str = Field("", description='Topic prefix; "" = inspectd/<line>/<station>.')
+    qos: int = Field(1, ge=0, le=2, description="QoS of verdicts on <prefix>/result.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive.")
+    reconnect_min_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay to the broker.")
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Longest reconnect delay to the broker.")
+    username: str = Field("", description="User name; the password comes from INSPECTD_MQTT__PASSWORD or the "
+                          "systemd credential mqtt_password, never from this file.")
+    password: SecretStr | None = Field(None, description="Secret: env or credentials only.", exclude=True)
+    tls: bool = Field(False, description="Connect with TLS.")
+    tls_ca: Path | None = Field(None, description="CA certificate (PEM) that signed the broker's certificate.")
+    tls_cert: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    tls_key: Path | None = Field(None, description="Client key (PEM); its passphrase comes from INSPECTD_MQTT__TLS_KEY_PASSWORD "
+                                 "or the credential mqtt_tls_key_password.")
+    tls_key_password: SecretStr | None = Field(None, description="Secret: env or credentials only.", exclude=True)
+    publish_mask: Literal["fail", "always", "never"] = Field(
+        "fail", description="Publish the mask PNG on <prefix>/mask for failed frames, every frame, or never."
+    )
+    stats_interval_s: float = Field(10.0, gt=0, le=3600, description="Period of <prefix>/stats messages.")
+    max_inflight: int = Field(100, ge=1, le=65535, description="QoS>0 messages in flight before waiting for acks.")
+    spool_dir: Path = Field(Path("var/spool"), description="Store-and-forward spool for verdicts while the broker is down.")
+    spool_max_mb: float = Field(256.0, gt=0, description="Spool size cap; at the cap the oldest verdicts are dropped, loudly.")
+    spool_fsync: Literal["always", "batch", "never"] = Field(
+        "batch", description='"always": fsync every record; "batch": at most every 100 ms; "never": leave it to the OS.'
+    )
+
+    @property
+    def topic_prefix(self) -> str:
+        """The effective prefix: `prefix`, or inspectd/<line>/<station>."""
+        return self.prefix or f"inspectd/{self.line}/{self.station}"
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttConfig:
+        if self.password is not None and not self.username:
+            msg = "mqtt.password is set but mqtt.username is not"
+            raise ValueError(msg)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            msg = "mqtt.tls_cert and mqtt.tls_key must be set together"
+            raise ValueError(msg)
+        if self.prefix.endswith("/") or "#" in self.prefix or "+" in self.prefix:
+            msg = f"mqtt.prefix must not end with '/' or contain wildcards, got {self.prefix!r}"
+            raise ValueError(msg)
+        return self
+
+
+class DebugConfig(Section):
+    enabled: bool = Field(False, description="Publish frames + heatmaps for `inspectd view` over ZeroMQ.")
+    bind: str = Field("tcp://127.0.0.1:5556", description="ZeroMQ PUB endpoint. Loopback unless you mean otherwise.")
+    fps: float = Field(5.0, gt=0, le=120, description="Most debug frames per second sent.")
+    hwm: int = Field(4, ge=1, le=1000, description="ZeroMQ send high-water mark: a slow viewer loses frames, not speed.")
+    jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality of debug frames.")
+    curve_secret_key: Path | None = Field(
+        None, description="CURVE server secret key file (zmq.auth format); required when bind is not loopback."
+    )
+    curve_clients_dir: Path | None = Field(None, description="Folder of allowed client public keys for CURVE.")
+
+
+class MetricsConfig(Section):
+    enabled: bool = Field(True, description="Serve Prometheus metrics over HTTP.")
+    host: str = Field("127.0.0.1", description="Metrics bind address; loopback unless configured.")
+    port: int = Field(9108, ge=1, le=65535, description="Metrics HTTP port.")
+
+
+class LogConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description='"auto": JSON lines when stderr is not a terminal, coloured console when it is.'
+    )
+
+
+class Config(BaseSettings):
+    """The whole daemon configuration. Sections are TOML tables."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", env_prefix="INSPECTD_", env_nested_delimiter="__", validate_assignment=True
+    )
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    debug: DebugConfig = Field(default_factory=DebugConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment first, so INSPECTD_SECTION__KEY overrides what the TOML (passed as init kwargs) says."""
+        return (env_settings, init_settings)
+
+
+def load_config(path: Path | str | None = None, *, base_dir: Path | None = None) -> Config:
+    """Read `path` (or only defaults + env when None), apply env overrides and secrets, and validate.
+
+    Relative paths in the file are resolved against `base_dir` (default: the current directory), as an operator
+    running `inspectd run --config /etc/inspectd/config.toml` from anywhere expects paths relative to where they are.
+
+    Raises:
+        ConfigError: with one line per problem, each naming the key path (e.g. `mqtt.port: must be 1..65535, got 70000`).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            msg = f"config file {path} not found"
+            raise ConfigError(msg) from None
+        except tomllib.TOMLDecodeError as exc:
+            msg = f"config file {path} is not valid TOML: {exc}"
+            raise ConfigError(msg) from None
+    for (section, key), cred in SECRETS.items():
+        if key in data.get(section, {}):
+            env = f"INSPECTD_{section.upper()}__{key.upper()}"
+            msg = f"{section}.{key} must not be in the config file; set {env} or the systemd credential {cred}"
+            raise ConfigError(msg)
+    try:
+        config = Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, Config)) from None
+    _read_credentials(config)
+    _resolve_paths(config, base_dir or Path.cwd())
+    return config
+
+
+def _read_credentials(config: Config) -> None:
+    """Fill secrets not given by env from `$CREDENTIALS_DIRECTORY/<name>` (systemd LoadCredential=)."""
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not cred_dir:
+        return
+    for (section, key), cred in SECRETS.items():
+        part = getattr(config, section)
+        file = Path(cred_dir) / cred
+        if getattr(part, key) is None and file.is_file():
+            setattr(part, key, SecretStr(file.read_text(encoding="utf-8").rstrip("\n")))
+
+
+def _resolve_paths(config: Config, base: Path) -> None:
+    for section in (config.model, config.mqtt, config.debug):
+        for name, value in section:
+            if isinstance(value, Path) and not value.is_absolute():
+                setattr(section, name, base / value)
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel]) -> str:
+    """One line per error: `key.path: rule, got value`, with numeric ranges spelled `lo..hi`."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        got = err.get("input")
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            lines.append(f"{loc}: unknown key (check the spelling against config.toml)")
+            continue
+        if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
+            lo, hi = _bounds(model, err["loc"])
+            lines.append(f"{loc}: must be {lo}..{hi}, got {got}")
+            continue
+        if kind == "literal_error":
+            lines.append(f"{loc}: must be one of {err['ctx']['expected']}, got {got!r}")
+            continue
+        reason = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {reason}" + (f", got {got!r}" if kind != "value_error" and got is not None else ""))
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _bounds(model: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[str, str]:
+    """Look up a field's numeric bounds by its location, for messages like `must be 1..65535`."""
+    info = None
+    for part in loc:
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            break
+        info = fields[part]
+        model = info.annotation  # type: ignore[assignment]
+    lo: Any = "-inf"
+    hi: Any = "inf"
+    for meta in getattr(info, "metadata", []):
+        lo = getattr(meta, "ge", getattr(meta, "gt", lo))
+        hi = getattr(meta, "le", getattr(meta, "lt", hi))
+    return str(lo), str(hi)
+
+
+def effective_toml(config: Config) -> str:
+    """The effective config as TOML text, secrets shown as `***` when set (for `inspectd config check`)."""
+    out: list[str] = []
+    for section_name in Config.model_fields:
+        section = getattr(config, section_name)
+        out.append(f"[{section_name}]")
+        for key in type(section).model_fields:
+            value = getattr(section, key)
+            if isinstance(value, SecretStr):
+                out.append(f'{key} = "***"  # secret, from env or credentials')
+                continue
+            if value is None:
+                if (section_name, key) in SECRETS:
+                    out.append(f"# {key}: not set")
+                else:
+                    out.append(f"# {key} = (unset)")
+                continue
+            out.append(f"{key} = {_toml_value(value)}")
+        out.append("")
+    return "\n".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'

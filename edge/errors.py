@@ -1,0 +1,43 @@
+"""Exceptions a line engineer reads. Each message says what, where, what was expected and what was found.
+
+Every class carries the process exit code the CLI uses for it: 2 for anything the operator must fix before the
+daemon can start (config, bundle, usage), 1 for failures at run time.
+"""
+
+
+class InspectdError(Exception):
+    """Base of every inspectd error; the CLI prints the message (no traceback) and exits with `exit_code`."""
+
+    exit_code = 1
+
+
+class ConfigError(InspectdError):
+    """Raised when the config file or an INSPECTD_* override is missing, malformed or out of range."""
+
+    exit_code = 2
+
+
+class BundleError(InspectdError):
+    """Raised when a model bundle is missing files, fails its hash check, or has a schema or input spec we can't run."""
+
+    exit_code = 2
+
+
+class DatasetError(InspectdError):
+    """Raised when a dataset folder is empty, an image cannot be read, or a mask does not match its image."""
+
+    exit_code = 2
+
+
+class SourceError(InspectdError):
+    """Raised when a frame source cannot be opened or stops delivering frames."""
+
+
+class BackendError(InspectdError):
+    """Raised when an inference backend cannot be loaded or an inference fails."""
+
+
+class MissingExtraError(InspectdError):
+    """Raised when a command needs an optional dependency group (train, gpu) that is not installed."""
+
+    exit_code = 2

@@ -1,0 +1,80 @@
+"""The one result type: a `Verdict` per frame (what the PLC sees), wrapped in an `Inspection` for sinks that also
+need pixels (mask PNG topic, debug stream).
+
+Every frame gets exactly one verdict, numbered by a gap-free `seq`, so a subscriber can see a gap. `error` is a
+verdict too: a part is never passed without an inspection.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+VerdictKind = Literal["pass", "fail", "error"]
+KINDS: tuple[VerdictKind, ...] = ("pass", "fail", "error")
+
+
+@dataclass(frozen=True)
+class Region:
+    """A defect region in original-frame pixel coordinates."""
+
+    bbox: tuple[int, int, int, int]  # x, y, w, h
+    area_px: int
+    max_score: float
+    mean_score: float
+
+    def __post_init__(self) -> None:
+        if len(self.bbox) != 4 or self.bbox[2] < 0 or self.bbox[3] < 0:
+            msg = f"Region.bbox must be [x, y, w>=0, h>=0], but got {list(self.bbox)}"
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One judgement of one frame; serialised as the JSON on <prefix>/result (schema: edge/result.schema.json)."""
+
+    seq: int
+    frame_id: int
+    ts: float  # capture time, UNIX seconds (UTC)
+    verdict: VerdictKind
+    score: float | None  # normalised: >= threshold means fail; None for error
+    threshold: float
+    latency_ms: float  # capture -> verdict
+    model: dict[str, str]  # {"name": ..., "hash": ...}
+    source: str = ""
+    part_id: str | None = None
+    regions: tuple[Region, ...] = ()
+    error: str | None = None  # why, for verdict == "error"
+
+    def __post_init__(self) -> None:
+        if self.verdict not in KINDS:
+            msg = f"Verdict.verdict must be one of {KINDS}, but got {self.verdict!r}"
+            raise ValueError(msg)
+        if self.verdict == "error" and not self.error:
+            msg = "Verdict.error must say why when verdict is 'error'"
+            raise ValueError(msg)
+        if self.seq < 0:
+            msg = f"Verdict.seq must be >= 0, but got {self.seq}"
+            raise ValueError(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["regions"] = [asdict(r) | {"bbox": list(r.bbox)} for r in self.regions]
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+@dataclass
+class Inspection:
+    """A verdict plus the pixels some sinks need. Arrays are owned by the inspection (copies, not backend buffers)."""
+
+    verdict: Verdict
+    frame: np.ndarray | None = None  # original BGR frame as captured
+    anomaly_map: np.ndarray | None = None  # (h, w) float32 at model input size, normalised
+    mask: np.ndarray | None = None  # (h, w) uint8 {0,1} at model input size
+    timings_ms: dict[str, float] = field(default_factory=dict)  # per stage

@@ -1,0 +1,24 @@
+import subprocess
+import sys
+
+
+class TestNoTorchOnTheEdge:
+    def test_import_edge_does_not_import_torch(self):
+        """`import edge` and the daemon's modules load in a fresh interpreter without pulling in torch."""
+        code = (
+            "import importlib, pkgutil, sys, edge, edge.cli, edge.config, edge.bundle;"
+            "mods = [m.name for m in pkgutil.walk_packages(edge.__path__, 'edge.') if not m.name.endswith(('__main__', 'trt', 'cuda_mem'))];"
+            "[importlib.import_module(m) for m in mods];"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'detectors', 'export')];"
+            "assert not bad, bad"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+
+    def test_cli_help_without_train_extra_imports(self):
+        """`inspectd --help` lists every command without importing torch."""
+        code = "import sys; from edge.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\nassert 'torch' not in sys.modules"
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        for command in ("run", "train", "export", "calibrate", "view", "bench", "demo", "check", "dataset"):
+            assert command in result.stdout

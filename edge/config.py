@@ -258,7 +258,9 @@ def _read_credentials(config: Config) -> None:
         part = getattr(config, section)
         file = Path(cred_dir) / cred
         if getattr(part, key) is None and file.is_file():
-            setattr(part, key, SecretStr(file.read_text(encoding="utf-8").rstrip("\n")))
+            value = file.read_text(encoding="utf-8").rstrip("\n")
+            if value:  # an empty file means "not set": the unit's LoadCredential= fails on a missing file
+                setattr(part, key, SecretStr(value))
 
 
 def _resolve_paths(config: Config, base: Path) -> None:

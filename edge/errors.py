@@ -41,3 +41,10 @@ class MissingExtraError(InspectdError):
     """Raised when a command needs an optional dependency group (train, gpu) that is not installed."""
 
     exit_code = 2
+
+
+class DeviceLostError(BackendError):
+    """Raised when the GPU context is lost (a sticky CUDA error) and no later CUDA call can succeed.
+
+    The daemon gives the frames in flight `error` verdicts and exits non-zero, for systemd to restart it.
+    """

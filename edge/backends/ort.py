@@ -1,0 +1,175 @@
+"""ONNX Runtime backend: CPU by default, CUDA when that execution provider is installed.
+
+Outputs are bound (IO binding) to arrays preallocated per slot, so steady-state inference allocates nothing. The
+TensorRT execution provider is left out on purpose: it builds an engine at every start-up (minutes on a Jetson);
+`model.backend = "tensorrt"` runs the bundle's prebuilt engine instead.
+"""
+
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edge.backends import ModelOutputs
+from edge.bundle import OUTPUT_NAMES, Bundle
+from edge.config import ModelConfig
+from edge.errors import BundleError
+from edge.log import get_logger
+
+log = get_logger(__name__)
+_DTYPES = {"score": np.float32, "anomaly_map": np.float32, "mask": np.uint8}
+_ORT_TYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}
+
+
+@dataclass
+class OrtSlot:
+    """A backend-owned input buffer and the output arrays its inference writes into."""
+
+    index: int
+    input: np.ndarray  # (max_batch, H, W, 3) uint8
+    outputs: tuple[np.ndarray, np.ndarray, np.ndarray]  # score, anomaly_map, mask at max_batch
+    n: int = 0
+    binding: object = field(default=None, repr=False)
+
+
+def choose_model(bundle: Bundle, precision: str) -> tuple[Path, str]:
+    """(model file, why) for `model.precision`; only files listed (so hash-checked) in bundle.json are used."""
+    flavour = next((f for f in bundle.meta.int8 if f.target == "cpu"), None)
+    if precision == "int8" and flavour is None:
+        msg = f"model.precision = 'int8' but bundle {bundle.path} has no INT8 CPU flavour; run `inspectd calibrate`"
+        raise BundleError(msg)
+    if flavour is not None and flavour.file not in bundle.meta.files:
+        msg = f"bundle {bundle.path}: INT8 file {flavour.file} is not listed (hash-checked) in bundle.json"
+        raise BundleError(msg)
+    if precision == "int8":
+        return bundle.file(flavour.file), "forced by model.precision = 'int8'"  # type: ignore[union-attr]
+    if precision == "auto" and flavour is not None and flavour.faster:
+        return bundle.file(flavour.file), f"auto: INT8 measured faster ({flavour.int8_ms} ms vs {flavour.fp32_ms} ms)"
+    why = "forced by model.precision = 'fp32'" if precision == "fp32" else "auto: no INT8 CPU flavour measured faster"
+    return bundle.onnx_path, why
+
+
+class OrtBackend:
+    """The Backend protocol on an onnxruntime.InferenceSession; `submit` runs synchronously, `wait` just returns."""
+
+    def __init__(self, bundle: Bundle, config: ModelConfig) -> None:
+        spec = bundle.meta.input
+        self.max_batch = config.max_batch
+        self.input_shape = (spec.height, spec.width, 3)
+        path, why = choose_model(bundle, config.precision)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = config.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        providers = [p for p in ("CUDAExecutionProvider",) if p in ort.get_available_providers()]
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=[*providers, "CPUExecutionProvider"])
+        except Exception as exc:
+            msg = f"bundle {bundle.path}: ONNX Runtime cannot load {path.name}: {exc}"
+            raise BundleError(msg) from None
+        self.provider = self.session.get_providers()[0]
+        self.name = f"onnxruntime:{self.provider.removesuffix('ExecutionProvider').lower()}:{path.name}"
+        self._check_io(bundle, path)
+        h, w = spec.height, spec.width
+        self._slots = [
+            OrtSlot(
+                i,
+                np.zeros((self.max_batch, h, w, 3), np.uint8),
+                (
+                    np.zeros((self.max_batch,), np.float32),
+                    np.zeros((self.max_batch, 1, h, w), np.float32),
+                    np.zeros((self.max_batch, 1, h, w), np.uint8),
+                ),
+            )
+            for i in range(config.slots)
+        ]
+        self._free: queue.Queue[OrtSlot] = queue.Queue()
+        for slot in self._slots:
+            self._free.put(slot)
+        log.info("backend_loaded", backend=self.name, model=path.name, precision_reason=why, threads=config.threads)
+
+    def _check_io(self, bundle: Bundle, path: Path) -> None:
+        """Refuse a model whose inputs/outputs are not the bundle contract (a wrong model.onnx dropped in)."""
+        spec = bundle.meta.input
+        maps = (None, 1, spec.height, spec.width)
+        expected = {
+            spec.name: ("tensor(uint8)", (None, spec.height, spec.width, 3)),
+            "score": ("tensor(float)", (None,)),
+            "anomaly_map": ("tensor(float)", maps),
+            "mask": ("tensor(uint8)", maps),
+        }
+        found = {a.name: (a.type, a.shape) for a in [*self.session.get_inputs(), *self.session.get_outputs()]}
+        for name, (dtype, shape) in expected.items():
+            problem = _mismatch(name, dtype, shape, found)
+            if problem:
+                msg = f"bundle {bundle.path}: {path.name} does not match the bundle contract: {problem}"
+                raise BundleError(msg)
+        self._input_name = spec.name
+
+    # Backend protocol -------------------------------------------------------------------------------------------
+    def acquire(self) -> OrtSlot:
+        """Block until a slot is free and hand it out."""
+        return self._free.get()
+
+    def submit(self, slot: OrtSlot, n: int) -> None:
+        """Run the first `n` images of the slot's input (synchronously) into its output arrays."""
+        if not 1 <= n <= self.max_batch:
+            msg = f"batch of {n} images, expected 1..{self.max_batch} (model.max_batch)"
+            raise ValueError(msg)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self._input_name, slot.input[:n])
+        for name, array in zip(OUTPUT_NAMES, slot.outputs, strict=True):
+            view = array[:n]
+            binding.bind_output(name, "cpu", 0, _DTYPES[name], view.shape, view.ctypes.data)
+        slot.n = n
+        self.session.run_with_iobinding(binding)
+
+    def wait(self, slot: OrtSlot) -> ModelOutputs:
+        """The slot's outputs for its `n` images: views valid until `release`."""
+        return ModelOutputs(*(array[: slot.n] for array in slot.outputs))
+
+    def release(self, slot: OrtSlot) -> None:
+        """Return the slot to the ring."""
+        slot.n = 0
+        self._free.put(slot)
+
+    def infer(self, images: np.ndarray) -> ModelOutputs:
+        """Judge `images` (N, H, W, 3) uint8 in chunks of max_batch; returns copies."""
+        parts = []
+        for start in range(0, len(images), self.max_batch):
+            chunk = images[start : start + self.max_batch]
+            slot = self.acquire()
+            try:
+                slot.input[: len(chunk)] = chunk
+                self.submit(slot, len(chunk))
+                parts.append([a.copy() for a in self.wait(slot)])
+            finally:
+                self.release(slot)
+        return ModelOutputs(*(np.concatenate(p) for p in zip(*parts, strict=True)))
+
+    def close(self) -> None:
+        """Drop the slots (the session goes with the object)."""
+        self._slots.clear()
+
+
+def _mismatch(name: str, dtype: str, shape: tuple[int | None, ...], found: dict[str, tuple[str, list]]) -> str | None:
+    """What is wrong with tensor `name` (missing, dtype, rank, a fixed dim), or None. Symbolic dims match anything."""
+    if name not in found:
+        return f"has no tensor {name!r} (found {sorted(found)})"
+    got_type, got_shape = found[name]
+    if got_type != dtype:
+        return f"tensor {name!r} is {got_type}, expected {dtype}"
+    if len(got_shape) != len(shape) or any(
+        isinstance(g, int) and w is not None and g != w for g, w in zip(got_shape, shape, strict=True)
+    ):
+        return f"tensor {name!r} has shape {got_shape}, expected {['batch', *shape[1:]]} from bundle.json"
+    return None
+
+
+def load(bundle: Bundle, config: ModelConfig) -> OrtBackend:
+    """Load `bundle` for ONNX Runtime (module entry point used by edge.backends.load_backend)."""
+    return OrtBackend(bundle, config)

@@ -1,0 +1,355 @@
+"""TensorRT backend: the bundle's prebuilt engine, a ring of pinned-memory slots, asynchronous CUDA streams.
+
+Read top to bottom in execution order: what the engine must be (version/GPU checks, buffer plan, contract), when
+a slot uses a CUDA graph, then the executor (edge/backends/ring.py's seam) and `load`. Each slot owns page-locked
+host buffers, device buffers, an execution context, a stream and an event: `submit` enqueues H2D copy,
+`execute_async_v3` and D2H copy and records the event without synchronising; `wait` blocks on that event only.
+The ring and the backend the pipeline drives (`RingBackend`) are GPU-free, so tests run them on numpy buffers.
+TensorRT 10/11 API only (named I/O tensors, `set_input_shape`, `set_tensor_address`, `execute_async_v3`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge.backends import cuda_mem as cm
+from edge.backends.ring import RingBackend
+from edge.bundle import INPUT_NAME, OUTPUT_NAMES, Bundle
+from edge.config import ModelConfig
+from edge.errors import BackendError, BundleError, DeviceLostError
+from edge.log import get_logger
+
+log = get_logger(__name__)
+REBUILD = "rebuild it on this box with `inspectd export --engine`"
+_NP_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
+              "BOOL": np.bool_, "UINT8": np.uint8}
+
+
+# 1. what the engine must be -------------------------------------------------------------------------------------
+def version_key(version: str) -> tuple[int, ...]:
+    """'10.3.0.26' -> (10, 3, 0): engines are tied to major.minor.patch; the build number does not matter."""
+    return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+
+
+def check_engine_info(bundle: Bundle, trt_version: str, gpu: cm.DeviceInfo | None = None) -> str:
+    """Return the engine file name, or refuse an engine missing or built for another TensorRT version or GPU."""
+    info, where = bundle.meta.engine, f"bundle {bundle.path}"
+    if info is None:
+        msg = f"{where} has no TensorRT engine (bundle.json has no 'engine'); build one with `inspectd export --engine`"
+        raise BundleError(msg)
+    if info.file not in bundle.meta.files:
+        msg = f"{where}: engine {info.file} is not listed (hash-checked) in bundle.json; {REBUILD}"
+        raise BundleError(msg)
+    if version_key(info.tensorrt_version) != version_key(trt_version):
+        msg = (f"{where}: {info.file} was built with TensorRT {info.tensorrt_version}, this box has TensorRT "
+               f"{trt_version}; an engine only loads on the TensorRT version that built it: {REBUILD}")
+        raise BundleError(msg)
+    if gpu is not None and (info.compute_capability != gpu.compute_capability or info.gpu_name != gpu.name):
+        msg = (f"{where}: {info.file} was built for {info.gpu_name} (compute capability {info.compute_capability}), "
+               f"this box has {gpu.name} ({gpu.compute_capability}); {REBUILD}")
+        raise BundleError(msg)
+    return info.file
+
+
+def _enum_name(value: Any) -> str:
+    """TensorRT enum member -> 'INPUT' / 'UINT8' (pybind11 `.name`, or the tail of `str()`)."""
+    return str(getattr(value, "name", None) or str(value).rsplit(".", 1)[-1])
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One I/O tensor's buffer plan: shape at the slot's max batch (dim 0 is the batch)."""
+
+    name: str
+    is_input: bool
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+
+    def nbytes(self, batch: int | None = None) -> int:
+        """Bytes for `batch` images (default: the planned max batch)."""
+        per_image = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        return per_image * (self.shape[0] if batch is None else batch)
+
+
+def profile_batch(engine: Any, name: str = INPUT_NAME, profile: int = 0) -> tuple[int, int, int]:
+    """(min, opt, max) batch of `name` in optimisation profile `profile`; a static engine reports its fixed batch."""
+    shape = tuple(engine.get_tensor_shape(name))
+    if shape and shape[0] >= 0:
+        return shape[0], shape[0], shape[0]
+    lo, opt, hi = (tuple(s) for s in engine.get_tensor_profile_shape(name, profile))
+    return int(lo[0]), int(opt[0]), int(hi[0])
+
+
+def plan_buffers(engine: Any, max_batch: int, profile: int = 0) -> list[TensorSpec]:
+    """Every I/O tensor of `engine` (TensorRT ICudaEngine or a stand-in) with dtype and shape at `max_batch`.
+
+    Dynamic input dims take the profile's max (only the batch may be dynamic in our graphs); output dim 0 is the
+    batch. Raises BundleError for a dtype numpy cannot hold or a dynamic dim other than the batch.
+    """
+    specs = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        is_input = _enum_name(engine.get_tensor_mode(name)) == "INPUT"
+        dtype_name = _enum_name(engine.get_tensor_dtype(name))
+        if dtype_name not in _NP_DTYPES:
+            msg = f"engine tensor {name!r} has dtype {dtype_name}, expected one of {sorted(_NP_DTYPES)}; {REBUILD}"
+            raise BundleError(msg)
+        shape = [int(d) for d in engine.get_tensor_shape(name)]
+        if is_input and any(d < 0 for d in shape[1:]):
+            shape = [int(d) for d in engine.get_tensor_profile_shape(name, profile)[2]]
+        if not shape or any(d < 0 for d in shape[1:]):
+            msg = f"engine tensor {name!r} has shape {shape}: only the batch dimension may be dynamic; {REBUILD}"
+            raise BundleError(msg)
+        specs.append(TensorSpec(name, is_input, np.dtype(_NP_DTYPES[dtype_name]), (max_batch, *shape[1:])))
+    return specs
+
+
+def check_contract(specs: list[TensorSpec], bundle: Bundle) -> None:
+    """Refuse an engine whose tensors are not the bundle contract (uint8 image in; score, map, mask out)."""
+    h, w = bundle.meta.input.height, bundle.meta.input.width
+    want = {INPUT_NAME: ("uint8", (h, w, 3)), "score": ("float", ()), "anomaly_map": ("float", (1, h, w)),
+            "mask": ("uint8", (1, h, w))}
+    found = {s.name: s for s in specs}
+    for name, (kind, tail) in want.items():
+        spec = found.get(name)
+        ok_dtype = spec is not None and (spec.dtype.kind == "f" if kind == "float" else spec.dtype == np.uint8)
+        if spec is None or not ok_dtype or spec.shape[1:] != tail:
+            got = "missing" if spec is None else f"{spec.dtype} {list(spec.shape[1:])}"
+            msg = (f"bundle {bundle.path}: engine tensor {name!r} is {got}, expected {kind} [batch, *{list(tail)}] "
+                   f"(tensors: {sorted(found)}); {REBUILD}")
+            raise BundleError(msg)
+
+
+def effective_max_batch(asked: int, profile: tuple[int, int, int]) -> int:
+    """model.max_batch clamped to the engine profile's max (a bigger batch than the engine was built for fails)."""
+    lo, _, hi = profile
+    if asked < lo:
+        msg = f"model.max_batch = {asked} is below the engine profile's minimum batch {lo}; {REBUILD}"
+        raise BundleError(msg)
+    if asked > hi:
+        log.warning("max_batch_clamped", asked=asked, engine_max=hi, hint="rebuild with a larger max batch")
+    return min(asked, hi)
+
+
+# 4. the TensorRT + CUDA executor -------------------------------------------------------------------------------------
+class GraphPolicy:
+    """When a slot replays a CUDA graph, captures one, or enqueues plainly (one graph per slot, for one batch size).
+
+    A graph bakes in the context's shape-dependent state, so it is only valid while its context keeps that batch
+    size: a plain run of another size drops it. Capture happens on the second run of a size (the first, plain, run
+    sets the shape and warms the context up, as TensorRT asks); a failed capture is never retried for that size.
+    """
+
+    def __init__(self, slots: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.graph_n: list[int | None] = [None] * slots
+        self.warm_n: list[int | None] = [None] * slots
+        self.failed: set[tuple[int, int]] = set()
+
+    def decide(self, slot: int, n: int) -> tuple[str, bool]:
+        """('graph' | 'capture' | 'plain', drop the slot's current graph)."""
+        if self.graph_n[slot] == n:
+            return "graph", False
+        drop, self.graph_n[slot] = self.graph_n[slot] is not None, None
+        if self.enabled and self.warm_n[slot] == n and (slot, n) not in self.failed:
+            return "capture", drop
+        return "plain", drop
+
+    def ran(self, slot: int, n: int, captured: bool | None) -> None:
+        """Record the outcome: captured True/False after a capture attempt, None after a plain run."""
+        if captured:
+            self.graph_n[slot] = n
+        elif captured is False:
+            self.failed.add((slot, n))
+        self.warm_n[slot] = n
+
+
+def make_trt_logger(trt: Any) -> Any:
+    """A trt.ILogger that sends TensorRT's messages to structlog and keeps the last error for BackendError texts."""
+
+    class _TrtLogger(trt.ILogger):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.last_error = ""
+
+        def log(self, severity: Any, msg: str) -> None:
+            level = _enum_name(severity)
+            if level in {"ERROR", "INTERNAL_ERROR"}:
+                self.last_error = msg
+                log.error("tensorrt", message=msg)
+            elif level == "WARNING":
+                log.warning("tensorrt", message=msg)
+            else:
+                log.debug("tensorrt", message=msg, severity=level.lower())
+
+    return _TrtLogger()
+
+
+@dataclass
+class _GpuSlot:
+    context: Any
+    host: dict[str, cm.PinnedBuffer]
+    device: dict[str, cm.DeviceBuffer]
+    cuda: cm.StreamEvent
+    graph: cm.CudaGraph | None = None
+    shape_n: int = 0
+    recorded: bool = False
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class TrtExecutor:
+    """Slots of (execution context, pinned + device buffers, stream, event) on one engine; all CUDA via cuda_mem."""
+
+    def __init__(self, ctx: cm.CudaContext, runtime: Any, engine: Any, logger: Any, specs: list[TensorSpec], *,
+                 slots: int, cuda_graphs: bool) -> None:
+        self.ctx, self.runtime, self.engine, self.logger, self.specs = ctx, runtime, engine, logger, specs
+        self.image_tail = next(p for p in specs if p.name == INPUT_NAME).shape[1:]
+        self.policy = GraphPolicy(slots, cuda_graphs)
+        self.slots: list[_GpuSlot] = []
+        try:
+            with ctx.current():
+                for _ in range(slots):
+                    self._add_slot()
+        except BaseException:
+            self.close()
+            raise
+
+    def _add_slot(self) -> None:
+        """One execution context with its buffers bound by name (set_tensor_address), stream and event."""
+        context = self.engine.create_execution_context()
+        if context is None:
+            msg = f"TensorRT could not create an execution context (GPU memory?): {self.logger.last_error}"
+            raise BackendError(msg)
+        cuda = self.ctx.cuda
+        slot = _GpuSlot(context, {}, {}, cm.StreamEvent(cuda))
+        self.slots.append(slot)  # before allocating, so close() frees whatever a failure leaves
+        for s in self.specs:
+            slot.host[s.name] = cm.PinnedBuffer(cuda, s.shape, s.dtype)
+            slot.device[s.name] = cm.DeviceBuffer(cuda, s.nbytes())
+            slot.arrays[s.name] = slot.host[s.name].array
+            if not context.set_tensor_address(s.name, slot.device[s.name].ptr):
+                msg = f"TensorRT set_tensor_address({s.name!r}) failed: {self.logger.last_error}"
+                raise BackendError(msg)
+
+    def input_buffer(self, slot: int) -> np.ndarray:
+        """The slot's pinned input array."""
+        return self.slots[slot].arrays[INPUT_NAME]
+
+    def output_buffers(self, slot: int) -> dict[str, np.ndarray]:
+        """The slot's pinned output arrays by name."""
+        return {k: v for k, v in self.slots[slot].arrays.items() if k in OUTPUT_NAMES}
+
+    def enqueue(self, slot: int, n: int) -> None:
+        """H2D, execute_async_v3, D2H (plainly or as a CUDA graph), then record the slot's event. No sync."""
+        s = self.slots[slot]
+        s.recorded = False
+        with self.ctx.current():
+            action, drop = self.policy.decide(slot, n)
+            if drop and s.graph is not None:
+                s.graph.close()
+                s.graph = None
+            if action == "graph" and s.graph is not None:
+                s.graph.launch(s.cuda)
+            elif action == "capture":
+                try:
+                    s.graph = cm.CudaGraph(s.cuda, lambda: self._run(s, n))
+                except DeviceLostError:
+                    raise
+                except BackendError as exc:
+                    log.warning("cuda_graph_capture_failed", slot=slot, batch=n, error=str(exc), fallback="plain")
+                    self.policy.ran(slot, n, captured=False)
+                    self._run(s, n)
+                else:
+                    self.policy.ran(slot, n, captured=True)
+                    s.graph.launch(s.cuda)
+            else:
+                self._run(s, n)
+                self.policy.ran(slot, n, captured=None)
+            s.cuda.record()
+            s.recorded = True
+
+    def _run(self, s: _GpuSlot, n: int) -> None:
+        """Set the batch shape if it changed, then H2D copy, execute_async_v3, D2H copies on the slot's stream."""
+        self.logger.last_error = ""  # so a failure below reports its own message, not an older one
+        if s.shape_n != n:
+            shape = (n, *self.image_tail)
+            if not s.context.set_input_shape(INPUT_NAME, shape):
+                msg = f"TensorRT set_input_shape({INPUT_NAME!r}, {shape}) failed: {self.logger.last_error}"
+                raise BackendError(msg)
+            s.shape_n = n
+        s.cuda.htod(s.device[INPUT_NAME], s.arrays[INPUT_NAME][:n])
+        if not s.context.execute_async_v3(s.cuda.handle):
+            error = self.logger.last_error or "no message from TensorRT"
+            msg = f"TensorRT execute_async_v3 failed: {error}"
+            raise DeviceLostError(msg) if cm.is_fatal(error) else BackendError(msg)
+        for name in OUTPUT_NAMES:
+            s.cuda.dtoh(s.arrays[name][:n], s.device[name])
+
+    def synchronize(self, slot: int) -> None:
+        """Wait on the slot's event, or drain its stream when the submission failed before recording it."""
+        s = self.slots[slot]
+        with self.ctx.current():
+            s.cuda.wait_event() if s.recorded else s.cuda.drain()
+
+    def close(self) -> None:
+        """Graphs, execution contexts, engine, runtime, then buffers and streams, then the CUDA context."""
+        try:
+            with self.ctx.current():
+                for s in self.slots:
+                    if s.graph is not None:
+                        s.graph.close()
+                    s.context = None
+                self.engine = self.runtime = None
+                for s in self.slots:
+                    owners: list[Any] = [*s.host.values(), *s.device.values(), s.cuda]
+                    for owner in owners:
+                        owner.close()
+                self.slots.clear()
+        finally:
+            self.ctx.close()
+
+
+def _import_tensorrt() -> Any:
+    try:
+        import tensorrt as trt  # type: ignore[import-not-found]
+    except ImportError as exc:
+        msg = (f"TensorRT is not available ({exc}): on a Jetson it comes with JetPack (python3-libnvinfer), "
+               "on an x86 GPU box pip install 'inspectd[gpu]'")
+        raise BackendError(msg) from None
+    if version_key(trt.__version__) < (10,):
+        msg = f"TensorRT {trt.__version__} is too old: inspectd needs TensorRT 10 or 11 (JetPack 6)"
+        raise BackendError(msg)
+    return trt
+
+
+def load(bundle: Bundle, config: ModelConfig) -> RingBackend:
+    """Check, deserialise and set up the bundle's engine (module entry point used by edge.backends.load_backend)."""
+    trt = _import_tensorrt()
+    engine_file = check_engine_info(bundle, trt.__version__)
+    gpu = cm.device_info(0)
+    check_engine_info(bundle, trt.__version__, gpu)
+    ctx = cm.CudaContext(0)
+    try:
+        with ctx.current():
+            logger = make_trt_logger(trt)
+            runtime = trt.Runtime(logger)
+            engine = runtime.deserialize_cuda_engine(bundle.file(engine_file).read_bytes())
+            if engine is None:
+                msg = f"bundle {bundle.path}: TensorRT could not load {engine_file} ({logger.last_error}); {REBUILD}"
+                raise BundleError(msg)
+            max_batch = effective_max_batch(config.max_batch, profile_batch(engine))
+            specs = plan_buffers(engine, max_batch)
+            check_contract(specs, bundle)
+        executor = TrtExecutor(ctx, runtime, engine, logger, specs, slots=config.slots, cuda_graphs=config.cuda_graphs)
+    except BaseException:
+        ctx.close()
+        raise
+    spec = bundle.meta.input
+    name = f"tensorrt:{bundle.meta.engine.precision if bundle.meta.engine else '?'}:{engine_file}"
+    log.info("backend_loaded", backend=name, gpu=gpu.name, tensorrt=trt.__version__, max_batch=max_batch,
+             slots=config.slots, cuda_graphs=config.cuda_graphs)
+    return RingBackend(executor, name=name, max_batch=max_batch, input_shape=(spec.height, spec.width, 3),
+                      slots=config.slots)

@@ -1,0 +1,230 @@
+"""`inspectd run --config PATH [--max-frames N]`: the daemon, and `run_daemon()` for bench and demo.
+
+Start-up order is chosen so an operator error fails fast with exit code 2 before anything is announced: config,
+bundle (hash-checked), backend (graph checked against the bundle contract), source; only then the sinks (the MQTT
+birth message says what is running), metrics, the pipeline, and READY=1 to systemd.
+
+Shutdown (SIGTERM/SIGINT, end of a finite source, or `--max-frames` reached): capture stops, frames already
+admitted are judged and published, the MQTT sink is given the rest of `pipeline.shutdown_timeout_s` to get every
+verdict acknowledged (what is not stays in the on-disk spool for the next start), `offline` is published, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge import __version__
+from edge import log as logging_setup
+from edge.backends import load_backend
+from edge.bundle import load_bundle
+from edge.config import Config, load_config
+from edge.errors import ConfigError
+from edge.log import get_logger
+from edge.pipeline import Pipeline
+from edge.seq import SeqCounter
+from edge.sources import open_source
+from edge.sources.live import redact
+from edge.stats import PipelineStats
+
+if TYPE_CHECKING:
+    from edge.backends import Backend
+    from edge.bundle import Bundle
+    from edge.sinks import Sink
+
+log = get_logger(__name__)
+SEQ_STATE = "seq.json"  # in mqtt.spool_dir: seq numbering continues across restarts, like the spool itself
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `inspectd run`."""
+    parser.add_argument("--config", type=Path, required=True, help="config file (TOML); relative paths in it are "
+                        "relative to its folder; INSPECTD_SECTION__KEY environment variables override it")
+    parser.add_argument("--max-frames", type=int, default=None, metavar="N",
+                        help="exit 0 after N verdicts, once all of them are published and acknowledged")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `inspectd run`; ConfigError/BundleError propagate to the CLI, which exits 2."""
+    logging_setup.configure()
+    if args.max_frames is not None and args.max_frames < 1:
+        msg = f"--max-frames must be >= 1, got {args.max_frames}"
+        raise ConfigError(msg)
+    base_dir = args.config.resolve().parent
+    config = load_config(args.config, base_dir=base_dir)
+    logging_setup.configure(config.log.level, config.log.format)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal_received", signal=signal.Signals(signum).name, action="draining and stopping")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    result = run_daemon(config, max_frames=args.max_frames, stop=stop, base_dir=base_dir)
+    return int(result["exit_code"])
+
+
+def birth_info(config: Config, bundle: Bundle, backend: Backend) -> dict[str, Any]:
+    """The retained <prefix>/status/info message: what is running, so a line engineer can check it remotely."""
+    return {
+        "version": __version__,
+        "bundle": {
+            "name": bundle.meta.name,
+            "hash": bundle.short_hash,
+            "detector": bundle.meta.detector,
+            "created": bundle.meta.created,
+        },
+        "source": {"kind": config.source.kind, "name": config.source.name, "uri": redact(config.source.uri)},
+        "thresholds": bundle.meta.thresholds.model_dump(mode="json"),
+        "mode": config.pipeline.mode,
+        "backend": backend.name,
+    }
+
+
+def run_daemon(
+    config: Config,
+    *,
+    max_frames: int | None = None,
+    stop: threading.Event | None = None,
+    base_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run until `stop` is set, the source ends, or `max_frames` verdicts; return the final stats snapshot.
+
+    The snapshot has extra keys: `published` (verdicts handed to the sinks), `delivered` (MQTT acknowledged
+    everything, or MQTT is off), `drained` (every admitted frame got its verdict in time) and `exit_code` (0, or 1
+    when a stage crashed, the drain timed out, or `max_frames` verdicts could not all be acknowledged in time).
+
+    Raises:
+        ConfigError: triggered mode without MQTT, or a sink's configuration is unusable.
+        BundleError: the bundle is missing, tampered with, or its graph is not the bundle contract.
+        SourceError: a folder or video file cannot be opened.
+    """
+    from edge.health import serve_metrics
+    from edge.notify import Notifier, start_watchdog
+
+    stop = stop or threading.Event()
+    if config.pipeline.mode == "triggered" and not config.mqtt.enabled:
+        msg = "pipeline.mode = 'triggered' needs MQTT (triggers arrive on <prefix>/trigger); set mqtt.enabled = true"
+        raise ConfigError(msg)
+    stats = PipelineStats()
+    bundle = load_bundle(config.model.bundle)
+    backend = load_backend(bundle, config.model)
+    stats.backend = backend.name
+    sinks: list[Sink] = []
+    mqtt: Any = None  # the MqttSink, also in `sinks`
+    stop_metrics: Any = None
+    source = None
+    watchdog_stop = threading.Event()
+    seq = SeqCounter(config.mqtt.spool_dir / SEQ_STATE if config.mqtt.enabled else None)
+    notifier = Notifier()
+    result: dict[str, Any] = {}
+    pipeline: Pipeline | None = None
+    close_by = [float("inf")]  # monotonic deadline for closing the sinks, set when shutdown starts
+    try:
+        source = open_source(config.source, base_dir, stats=stats)
+        if config.mqtt.enabled:
+            from edge.sinks.mqtt import MqttSink
+
+            mqtt = MqttSink(config.mqtt, info=birth_info(config, bundle, backend), stats=stats, roi=config.source.roi)
+            sinks.append(mqtt)
+        if config.debug.enabled:
+            from edge.sinks.zmq_debug import DebugSink
+
+            sinks.append(DebugSink(config.debug))
+        stop_metrics = serve_metrics(config.metrics, stats)
+        pipeline = Pipeline(
+            source,
+            backend,
+            sinks,
+            config=config,
+            model={"name": bundle.meta.name, "hash": bundle.short_hash},
+            color_order=bundle.meta.input.color_order,
+            stats=stats,
+            max_frames=max_frames,
+            seq=seq,
+        )
+        if config.pipeline.mode == "triggered":
+            mqtt.on_trigger(pipeline.trigger)
+        pipeline.start()
+        notifier.ready()
+        start_watchdog(notifier, stats, watchdog_stop)
+        log.info("daemon_started", version=__version__, bundle=bundle.meta.name, hash=bundle.short_hash,
+                 backend=backend.name, source=f"{config.source.kind}:{redact(config.source.uri)}",
+                 mode=config.pipeline.mode, max_frames=max_frames)
+        _serve(pipeline, backend, stop, mqtt, stats, config.mqtt.stats_interval_s)
+        close_by[0] = time.monotonic() + config.pipeline.shutdown_timeout_s
+        result = _shutdown(pipeline, backend, mqtt, stats, config, notifier, max_frames)
+    finally:
+        watchdog_stop.set()
+        if pipeline is not None:
+            pipeline.stop()  # no-op after a normal shutdown; stops capture if start-up or serving raised
+        for sink in reversed(sinks):
+            try:
+                if sink is mqtt:  # retained "offline", flush, disconnect, within what is left of the budget
+                    mqtt.close(timeout=min(5.0, max(0.5, close_by[0] - time.monotonic())))  # type: ignore[call-arg]
+                else:
+                    sink.close()
+            except Exception:  # noqa: BLE001 - closing the others matters more than this one's error
+                log.exception("sink_close_failed", sink=type(sink).__name__)
+        if stop_metrics is not None:
+            stop_metrics()
+        if source is not None:
+            source.close()
+        backend.close()
+        seq.close(clean=bool(result.get("drained")))  # else seq.json keeps the last published seq + 1
+    log.info("daemon_stopped", exit_code=result.get("exit_code"), published=result.get("published"),
+             verdicts=result.get("verdicts"), frames_skipped=result.get("frames_skipped"))
+    return result
+
+
+def _serve(
+    pipeline: Pipeline, backend: Any, stop: threading.Event, mqtt: Any, stats: PipelineStats, interval: float
+) -> None:
+    """Wait for the end of the stream, a stop request or a lost GPU, publishing stats every `interval` seconds."""
+    next_stats = time.monotonic() + interval
+    while not pipeline.done and not stop.wait(0.1):
+        if getattr(backend, "fatal", None) is not None:  # TensorRT: sticky CUDA error, no later frame can succeed
+            log.critical("backend_fatal", error=str(backend.fatal), action="draining with error verdicts, exit 1")
+            break
+        if mqtt is not None and time.monotonic() >= next_stats:
+            mqtt.publish_stats(stats.snapshot())
+            next_stats += interval
+
+
+def _shutdown(
+    pipeline: Pipeline,
+    backend: Any,
+    mqtt: Any,
+    stats: PipelineStats,
+    config: Config,
+    notifier: Any,
+    max_frames: int | None,
+) -> dict[str, Any]:
+    """Drain in-flight frames, then give MQTT the rest of the shutdown budget to get everything acknowledged."""
+    budget = config.pipeline.shutdown_timeout_s
+    deadline = time.monotonic() + budget  # the caller's close_by is the same moment
+    notifier.stopping()
+    notifier.extend_timeout(budget + 5.0)
+    pipeline.stop()
+    drained = pipeline.join(budget)
+    if not drained:
+        log.error("shutdown_drain_timeout", timeout_s=budget, published=pipeline.published, issued=pipeline.issued)
+    delivered = True
+    if mqtt is not None:
+        delivered = mqtt.wait_delivered(max(0.0, deadline - time.monotonic()))
+        mqtt.publish_stats(stats.snapshot())
+        if not delivered:
+            log.warning("shutdown_undelivered", spool_dir=str(config.mqtt.spool_dir),
+                        action="kept in the spool, replayed at the next start")
+    exit_code = 0
+    if pipeline.failed is not None or not drained or getattr(backend, "fatal", None) is not None:
+        exit_code = 1  # non-zero: systemd's Restart=on-failure restarts us (a lost GPU needs a fresh process)
+    elif max_frames is not None and not delivered:
+        exit_code = 1  # the --max-frames contract is "all published and acknowledged"
+    extra = {"published": pipeline.published, "delivered": delivered, "drained": drained, "exit_code": exit_code}
+    return stats.snapshot() | extra

@@ -1,0 +1,514 @@
+"""The staged pipeline: capture -> preprocess -> infer -> postprocess -> sinks, one thread each.
+
+Stages are joined by bounded queues with a `None` end marker (supervision's `process_video`, with backpressure a la
+Frigate).
+
+Rules this module keeps (the product's fail-safe rules):
+
+1. Every frame admitted to the pipeline gets exactly one verdict, numbered by a gap-free `seq` assigned in capture
+   order; queues are FIFO and each stage is one thread, so verdicts leave in `seq` order. Anything that goes wrong
+   for a frame (unreadable, ROI, inference exception, NaN score) becomes an `error` verdict naming the cause.
+2. `continuous` mode, live source (camera, or a file source paced with `fps`): when the pipeline is behind, the
+   camera is not blocked; the newest frame is *skipped*: not inspected, given no `seq`, counted in
+   `frames_skipped` (published on the stats topic, logged). `seq` numbers judgements, so a seq gap always means a
+   lost verdict; a skipped frame shows as a `frame_id` gap instead. Camera outage frames are never skipped.
+   File sources without `fps` are never skipped: capture waits for the pipeline instead.
+3. `triggered` mode: each trigger `(part_id, received_monotonic)` yields exactly one verdict carrying the part_id,
+   judged on the first frame captured after the trigger; `error` if none comes within `trigger_timeout_s`, if the
+   source ends, or if the daemon stops with the trigger still pending. A part is never skipped.
+4. Every stage beats `stats.beat(stage)` each loop iteration (queue gets use a timeout), so the watchdog can tell a
+   hung stage from an idle one.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from edge.log import bind_thread, get_logger
+from edge.postprocess import THRESHOLD, find_regions, judge
+from edge.preprocess import Geometry, preprocess
+from edge.seq import SeqCounter
+from edge.sources import Frame
+from edge.verdict import Inspection, Verdict
+
+if TYPE_CHECKING:
+    from edge.backends import Backend, ModelOutputs, Slot
+    from edge.config import Config
+    from edge.sinks import Sink
+    from edge.sources import Source
+    from edge.stats import PipelineStats
+
+log = get_logger(__name__)
+_TICK = 0.25  # longest a stage waits on a queue before beating again
+_SKIP_LOG_EVERY_S = 10.0
+
+
+@dataclass
+class Job:
+    """One frame on its way to a verdict."""
+
+    seq: int
+    frame: Frame
+    part_id: str | None = None
+    error: str | None = None
+    geometry: Geometry | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    """Jobs sharing one backend slot (or, with `slot=None`, an error job that skips the backend)."""
+
+    jobs: list[Job]
+    slot: Slot | None = None
+    deadline: float = 0.0
+    error: str | None = None
+
+
+class Pipeline:
+    """Runs one source through one backend into `sinks`; `start()`, then `stop()` and `join()` (or `run()`).
+
+    Args:
+        source: Where frames come from.
+        backend: A loaded Backend; the pipeline never closes it.
+        sinks: Get every Inspection, in seq order, from the publish thread.
+        config: Daemon config (pipeline, postprocess, source.roi, model.max_batch/batch_wait_ms).
+        model: {"name", "hash"} carried in every verdict.
+        color_order: The bundle's input colour order.
+        stats: Where counters, latencies and beats go.
+        max_frames: End the stream after this many verdicts (seqs handed out).
+        seq: Numbering to continue (see SeqCounter); a fresh in-memory counter from 0 by default.
+        on_verdict: Called from the publish thread after each inspection was handed to the sinks.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        backend: Backend,
+        sinks: Sequence[Sink],
+        *,
+        config: Config,
+        model: dict[str, str],
+        color_order: str,
+        stats: PipelineStats,
+        max_frames: int | None = None,
+        seq: SeqCounter | None = None,
+        on_verdict: Callable[[Inspection], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.backend = backend
+        self.sinks = list(sinks)
+        self.config = config
+        self.model = model
+        self.color_order = color_order
+        self.stats = stats
+        self.max_frames = max_frames
+        self.seq = seq or SeqCounter(None)
+        self.on_verdict = on_verdict
+        self.issued = 0  # seqs handed out by this pipeline
+        self.published = 0
+        self.failed: BaseException | None = None
+        size = config.pipeline.queue_size
+        self._q_pre: queue.Queue[Job | None] = queue.Queue(size)
+        self._q_infer: queue.Queue[Batch | None] = queue.Queue(size)
+        self._q_post: queue.Queue[Batch | None] = queue.Queue(size)
+        self._q_sink: queue.Queue[tuple[Inspection, float] | None] = queue.Queue(size)
+        self._triggers: queue.Queue[tuple[str | None, float]] = queue.Queue()
+        self._stopping = threading.Event()
+        self._done = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._last_dropped = 0
+        self._capture_ms: dict[int, float] = {}  # frame_id -> read/decode time, until the frame is admitted
+        self._skips_unlogged = 0
+        self._skip_logged_at = 0.0
+
+    # control ----------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the five stage threads."""
+        stages = [
+            ("capture", self._capture),
+            ("preprocess", self._preprocess),
+            ("infer", self._infer),
+            ("postprocess", self._postprocess),
+            ("publish", self._publish),
+        ]
+        for name, target in stages:
+            thread = threading.Thread(target=self._stage, args=(name, target), name=f"stage-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop capturing; frames already admitted are still judged and published (drain)."""
+        self._stopping.set()
+
+    @property
+    def done(self) -> bool:
+        """Every stage has finished (the end marker went all the way through)."""
+        return self._done.is_set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the drain; False if it did not finish within `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    def run(self, stop: threading.Event | None = None, drain_timeout: float | None = None) -> None:
+        """start(), wait for the end of the stream or `stop`, then drain."""
+        self.start()
+        while not self._done.wait(_TICK):
+            if stop is not None and stop.is_set():
+                break
+        self.stop()
+        self.join(drain_timeout)
+
+    def trigger(self, part_id: str | None, received: float | None = None) -> None:
+        """Queue one inspection request (MQTT callback thread; never blocks). `received` is time.monotonic()."""
+        self._triggers.put((part_id, time.monotonic() if received is None else received))
+
+    # plumbing ---------------------------------------------------------------------------------------------------
+    def _stage(self, name: str, body: Callable[[], None]) -> None:
+        """Run one stage loop; a bug in it stops the pipeline loudly instead of hanging it silently."""
+        bind_thread(stage=name, camera=self.source.name)
+        try:
+            body()
+        except BaseException as exc:
+            log.exception("stage_crashed", stage=name)
+            self.failed = self.failed or exc
+            self._stopping.set()
+            raise
+        finally:
+            if name == "publish":
+                self._done.set()
+
+    def _put(self, q: queue.Queue[Any], item: Any, stage: str) -> None:
+        """Blocking put that keeps beating; gives up only when a downstream stage has crashed."""
+        while True:
+            self.stats.beat(stage)
+            try:
+                q.put(item, timeout=_TICK)
+                return
+            except queue.Full:
+                if self.failed is not None:
+                    return
+
+    def _get(self, q: queue.Queue[Any], stage: str, timeout: float = _TICK) -> Any:
+        self.stats.beat(stage)
+        return q.get(timeout=timeout)
+
+    # 1. capture -------------------------------------------------------------------------------------------------
+    def _capture(self) -> None:
+        try:
+            if self.config.pipeline.mode == "triggered":
+                self._capture_triggered()
+            else:
+                self._capture_continuous()
+        finally:
+            if self.config.pipeline.mode == "triggered":
+                self._fail_pending_triggers("inspectd is stopping" if self._stopping.is_set() else "source ended")
+            self._flush_skip_log(force=True)
+            self._put(self._q_pre, None, "capture")
+
+    def _enough(self) -> bool:
+        return self.max_frames is not None and self.issued >= self.max_frames
+
+    def _read(self, timeout: float) -> Frame | None:
+        t0 = time.perf_counter()
+        frame = self.source.read(timeout)
+        if frame is not None:
+            seconds = time.perf_counter() - t0
+            self._capture_ms[frame.frame_id] = round(seconds * 1000, 3)
+            self.stats.frame_captured()
+            self.stats.observe("capture", seconds)
+        return frame
+
+    def _capture_continuous(self) -> None:
+        while not self._stopping.is_set() and not self._enough():
+            self.stats.beat("capture")
+            frame = self._read(_TICK)
+            dropped = getattr(self.source, "dropped", 0)
+            if dropped != self._last_dropped:  # frames the camera buffer overwrote before we read them
+                self._skipped(dropped - self._last_dropped)
+                self._last_dropped = dropped
+            if frame is None:
+                if self.source.finished:
+                    return
+                continue
+            if self.source.live and frame.error is None and self._q_pre.full():
+                self._skipped(1)
+                continue
+            self._admit(frame, None)
+
+    def _admit(self, frame: Frame, part_id: str | None, error: str | None = None) -> None:
+        job = Job(self.seq.take(), frame, part_id, error or frame.error)
+        capture_ms = self._capture_ms.pop(frame.frame_id, None)
+        self._capture_ms.clear()  # entries of skipped frames
+        if capture_ms is not None:
+            job.timings["capture"] = capture_ms
+        self.issued += 1
+        self._put(self._q_pre, job, "capture")
+
+    def _skipped(self, n: int) -> None:
+        self.stats.frame_skipped(n)
+        self._skips_unlogged += n
+        self._flush_skip_log()
+
+    def _flush_skip_log(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._skips_unlogged and (force or now - self._skip_logged_at >= _SKIP_LOG_EVERY_S):
+            log.warning("frames_skipped", count=self._skips_unlogged, reason="pipeline behind the camera")
+            self._skips_unlogged, self._skip_logged_at = 0, now
+
+    def _capture_triggered(self) -> None:
+        while not self._stopping.is_set() and not self._enough():
+            self.stats.beat("capture")
+            try:
+                part_id, received = self._triggers.get(timeout=_TICK)
+            except queue.Empty:
+                self._idle_live_source()
+                continue
+            frame, error = self._frame_after(received)
+            if frame is None:
+                frame = self.source.error_frame(error or "no frame")
+            self._admit(frame, part_id)
+            if self.source.finished:
+                return
+
+    def _idle_live_source(self) -> None:
+        """Between triggers, keep a camera's buffer fresh and report outages (they are not parts)."""
+        if not self.source.live:
+            return
+        frame = self._read(0.0)
+        if frame is not None and frame.outage:
+            self._admit(frame, None)
+
+    def _frame_after(self, received: float) -> tuple[Frame | None, str | None]:
+        """The first frame captured after `received` (or an outage frame), else (None, why)."""
+        timeout = self.config.pipeline.trigger_timeout_s
+        deadline = received + timeout
+        while True:
+            self.stats.beat("capture")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None, f"no frame from camera {self.source.name} within {timeout:g} s of the trigger"
+            frame = self._read(min(remaining, _TICK))
+            if frame is None:
+                if self.source.finished:
+                    return None, f"source {self.source.name} has no more frames"
+                continue
+            if frame.outage or frame.mono >= received:
+                return frame, None
+
+    def _fail_pending_triggers(self, why: str) -> None:
+        while True:
+            try:
+                part_id, _ = self._triggers.get_nowait()
+            except queue.Empty:
+                return
+            frame = self.source.error_frame(f"trigger not served: {why}")
+            self._admit(frame, part_id)
+
+    # 2. preprocess ----------------------------------------------------------------------------------------------
+    def _preprocess(self) -> None:
+        current: Batch | None = None
+        max_batch = self.backend.max_batch
+        wait_s = self.config.model.batch_wait_ms / 1000.0 if max_batch > 1 else 0.0
+        try:
+            while True:
+                timeout = _TICK if not current or not current.jobs else max(0.0, current.deadline - time.monotonic())
+                try:
+                    job = self._get(self._q_pre, "preprocess", timeout)
+                except queue.Empty:
+                    if current is not None and current.jobs:
+                        self._put(self._q_infer, current, "preprocess")
+                        current = None
+                    continue
+                if job is None:
+                    return
+                if job.error is not None:
+                    if current is not None and current.jobs:
+                        self._put(self._q_infer, current, "preprocess")
+                        current = None
+                    self._put(self._q_infer, Batch([job]), "preprocess")
+                    continue
+                if current is None:
+                    current = Batch([], self.backend.acquire(), time.monotonic() + wait_s)
+                if not self._fill(current, job):
+                    if current.jobs:
+                        self._put(self._q_infer, current, "preprocess")
+                        current = None
+                    self._put(self._q_infer, Batch([job]), "preprocess")
+                    continue
+                if len(current.jobs) == max_batch or wait_s == 0.0:
+                    self._put(self._q_infer, current, "preprocess")
+                    current = None
+        finally:
+            if current is not None and current.jobs:
+                self._put(self._q_infer, current, "preprocess")
+            elif current is not None and current.slot is not None:
+                self.backend.release(current.slot)
+            self._put(self._q_infer, None, "preprocess")
+
+    def _fill(self, batch: Batch, job: Job) -> bool:
+        """Preprocess `job` into the batch's next input row; False (and job.error) if it cannot be."""
+        t0 = time.perf_counter()
+        try:
+            assert job.frame.image is not None and batch.slot is not None  # error jobs never get here
+            job.geometry = preprocess(
+                job.frame.image,
+                batch.slot.input[len(batch.jobs)],
+                roi=self.config.source.roi,
+                color_order=self.color_order,
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure is this frame's error verdict
+            job.error = f"preprocess failed: {exc}"
+            log.warning("preprocess_failed", seq=job.seq, frame_id=job.frame.frame_id, error=str(exc))
+            return False
+        seconds = time.perf_counter() - t0
+        job.timings["preprocess"] = round(seconds * 1000, 3)
+        self.stats.observe("preprocess", seconds)
+        batch.jobs.append(job)
+        return True
+
+    # 3. infer ---------------------------------------------------------------------------------------------------
+    def _infer(self) -> None:
+        try:
+            while True:
+                try:
+                    batch = self._get(self._q_infer, "infer")
+                except queue.Empty:
+                    continue
+                if batch is None:
+                    return
+                if batch.slot is not None:
+                    t0 = time.perf_counter()
+                    try:
+                        self.backend.submit(batch.slot, len(batch.jobs))
+                    except Exception as exc:  # noqa: BLE001 - an inference failure is an error verdict, not a crash
+                        batch.error = f"inference failed: {type(exc).__name__}: {exc}"
+                        log.exception("inference_failed", seqs=[j.seq for j in batch.jobs])
+                    seconds = time.perf_counter() - t0
+                    self.stats.observe("infer", seconds)
+                    for job in batch.jobs:
+                        job.timings["infer"] = round(seconds * 1000, 3)
+                self._put(self._q_post, batch, "infer")
+        finally:
+            self._put(self._q_post, None, "infer")
+
+    # 4. postprocess ---------------------------------------------------------------------------------------------
+    def _postprocess(self) -> None:
+        try:
+            while True:
+                try:
+                    batch = self._get(self._q_post, "postprocess")
+                except queue.Empty:
+                    continue
+                if batch is None:
+                    return
+                for inspection, mono in self._judge(batch):
+                    self._put(self._q_sink, (inspection, mono), "postprocess")
+        finally:
+            self._put(self._q_sink, None, "postprocess")
+
+    def _judge(self, batch: Batch) -> list[tuple[Inspection, float]]:
+        out: list[tuple[Inspection, float]] = []
+        if batch.slot is None:
+            return [(self._error(job, job.error or "unknown error"), job.frame.mono) for job in batch.jobs]
+        try:
+            outputs = None if batch.error else self.backend.wait(batch.slot)
+            if outputs is None and batch.error is None:
+                batch.error = "inference returned nothing"
+            for i, job in enumerate(batch.jobs):
+                if outputs is None:
+                    out.append((self._error(job, batch.error or "inference failed"), job.frame.mono))
+                    continue
+                try:
+                    out.append((self._inspect(job, outputs, i), job.frame.mono))
+                except Exception as exc:  # noqa: BLE001
+                    log.exception("postprocess_failed", seq=job.seq)
+                    out.append((self._error(job, f"postprocess failed: {exc}"), job.frame.mono))
+        except Exception as exc:  # noqa: BLE001 - wait() failed: every job of the batch is an error
+            log.exception("inference_failed", seqs=[j.seq for j in batch.jobs])
+            done = {insp.verdict.seq for insp, _ in out}
+            out += [(self._error(j, f"inference failed: {exc}"), j.frame.mono) for j in batch.jobs if j.seq not in done]
+        finally:
+            self.backend.release(batch.slot)
+        return out
+
+    def _inspect(self, job: Job, outputs: ModelOutputs, i: int) -> Inspection:
+        t0 = time.perf_counter()
+        score = float(outputs.score[i])
+        if not math.isfinite(score):
+            return self._error(job, f"model returned a non-finite score ({score})")
+        amap = outputs.anomaly_map[i, 0].copy()
+        mask = outputs.mask[i, 0].copy()
+        assert job.geometry is not None
+        pp = self.config.postprocess
+        regions = find_regions(mask, amap, job.geometry, min_area=pp.min_area, max_regions=pp.max_regions)
+        kind = judge(score, regions)
+        seconds = time.perf_counter() - t0
+        job.timings["postprocess"] = round(seconds * 1000, 3)
+        self.stats.observe("postprocess", seconds)
+        verdict = self._verdict(job, kind, round(score, 6), regions, None)
+        return Inspection(verdict, job.frame.image, amap, mask, job.timings)
+
+    def _error(self, job: Job, why: str) -> Inspection:
+        return Inspection(self._verdict(job, "error", None, (), why), job.frame.image, timings_ms=job.timings)
+
+    def _verdict(
+        self, job: Job, kind: str, score: float | None, regions: tuple[Any, ...], error: str | None
+    ) -> Verdict:
+        return Verdict(
+            seq=job.seq,
+            frame_id=job.frame.frame_id,
+            ts=job.frame.ts,
+            verdict=kind,  # type: ignore[arg-type]
+            score=score,
+            threshold=THRESHOLD,
+            latency_ms=round((time.monotonic() - job.frame.mono) * 1000, 3),
+            model=self.model,
+            source=job.frame.source,
+            part_id=job.part_id,
+            regions=regions,
+            error=error,
+        )
+
+    # 5. publish -------------------------------------------------------------------------------------------------
+    def _publish(self) -> None:
+        queues: dict[str, queue.Queue[Any]] = {
+            "capture": self._q_pre, "infer": self._q_infer, "postprocess": self._q_post, "publish": self._q_sink
+        }
+        while True:
+            try:
+                item = self._get(self._q_sink, "publish")
+            except queue.Empty:
+                continue
+            finally:
+                for name, q in queues.items():
+                    self.stats.set_queue_depth(name, q.qsize())
+            if item is None:
+                return
+            inspection, mono = item
+            t0 = time.perf_counter()
+            self.seq.publishing(inspection.verdict.seq)
+            for sink in self.sinks:
+                try:
+                    sink.publish(inspection)
+                except Exception:  # noqa: BLE001 - one sink's bug must not stop the others or the line
+                    log.exception("sink_publish_failed", sink=type(sink).__name__, seq=inspection.verdict.seq)
+            seconds = time.perf_counter() - t0
+            inspection.timings_ms["publish"] = round(seconds * 1000, 3)
+            self.stats.observe("publish", seconds)
+            self.stats.observe("end_to_end", time.monotonic() - mono)
+            self.stats.verdict(inspection.verdict.verdict)
+            if inspection.verdict.verdict == "error":
+                log.warning("error_verdict", seq=inspection.verdict.seq, error=inspection.verdict.error)
+            self.published += 1
+            if self.on_verdict is not None:
+                self.on_verdict(inspection)

@@ -1,0 +1,313 @@
+"""ZeroMQ debug stream: frames + heatmaps for `inspectd view`, never at the pipeline's expense.
+
+Wire format, one multipart message per debug frame:
+
+    [topic, header JSON, frame JPEG, heatmap PNG]
+
+- topic: ``inspectd/debug/<source>`` (UTF-8); a viewer subscribes to the ``inspectd/debug`` prefix.
+- header: the verdict's fields (seq, frame_id, ts, verdict, score, threshold, regions, latency_ms, model, source,
+  part_id, error) plus ``timings`` (ms per stage), ``frame_size`` [w, h] of the captured frame (region boxes are in
+  those coordinates; the JPEG may be downscaled), ``heatmap_max`` (the map value that PNG level 255 stands for),
+  ``sent`` / ``dropped`` (debug frames sent and skipped by the rate limit so far) and ``format`` (version).
+- frame: JPEG of the captured BGR frame, longest side at most ``MAX_SIDE``; empty when the verdict has no frame.
+- heatmap: 8-bit grey PNG of the anomaly map at model size, ``level = clip(map / heatmap_max, 0, 1) * 255``;
+  empty when the verdict has no map (e.g. an ``error``).
+
+Why it cannot slow the pipeline: `publish` only swaps the inspection into a one-slot "latest wins" buffer (a lock
+and a reference, no copying or encoding); a worker thread does the JPEG/PNG encoding at most `debug.fps` times a
+second and sends with NOBLOCK on a PUB socket whose high-water mark is small and LINGER is 0, so a slow or stalled
+viewer only loses debug frames. ZMQ_CONFLATE is not used: it keeps only the last *part* of a multipart message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import cv2
+import numpy as np
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from edge.config import DebugConfig
+from edge.errors import ConfigError, InspectdError
+from edge.log import bind_thread, get_logger
+from edge.render import HEATMAP_MAX  # map value sent as PNG level 255; the threshold (1.0) sits at mid-grey
+from edge.verdict import Inspection
+
+log = get_logger(__name__)
+
+TOPIC_PREFIX = "inspectd/debug"
+FORMAT_VERSION = 1
+MAX_SIDE = 1280  # debug JPEGs are downscaled to this longest side: cheaper to encode and to send
+
+
+class DebugStreamError(InspectdError):
+    """Raised when a debug-stream message cannot be decoded (wrong number of parts, bad JSON or image)."""
+
+
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint is reachable only from this host (tcp loopback, ipc, inproc).
+
+    `tcp://*:5556`, `tcp://0.0.0.0:5556` and interface names count as *not* loopback.
+    """
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        return False
+    if scheme in {"ipc", "inproc"}:
+        return True
+    if scheme != "tcp":
+        return False
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _curve_keys(path: Path, what: str) -> tuple[bytes, bytes | None]:
+    """(public, secret) from a zmq.auth certificate file, with errors that name the file and the key."""
+    if not path.is_file():
+        msg = f"{what} {path} not found (create a key pair with zmq.auth.create_certificates(folder, name))"
+        raise ConfigError(msg)
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (ValueError, OSError) as exc:
+        msg = f"{what} {path} is not a zmq.auth certificate file: {exc}"
+        raise ConfigError(msg) from None
+    return public, secret
+
+
+def encode_message(
+    inspection: Inspection, *, jpeg_quality: int = 80, counters: dict[str, int] | None = None
+) -> list[bytes]:
+    """The four parts of one debug message for `inspection` (see the module docstring)."""
+    v = inspection.verdict
+    header: dict[str, Any] = v.to_dict()
+    header["timings"] = {k: round(float(ms), 3) for k, ms in inspection.timings_ms.items()}
+    header["format"] = FORMAT_VERSION
+    header["heatmap_max"] = HEATMAP_MAX
+    header.update(counters or {})
+    frame_bytes = b""
+    frame = inspection.frame
+    if frame is not None and frame.size:
+        h, w = frame.shape[:2]
+        header["frame_size"] = [int(w), int(h)]
+        scale = MAX_SIDE / max(h, w)
+        if scale < 1.0:
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+        frame_bytes = buf.tobytes() if ok else b""
+    heat_bytes = b""
+    amap = inspection.anomaly_map
+    if amap is not None and amap.size:
+        amap = np.asarray(amap, np.float32).reshape(amap.shape[-2:])
+        level = np.clip(np.nan_to_num(amap, nan=0.0) * (255.0 / HEATMAP_MAX), 0.0, 255.0).astype(np.uint8)
+        ok, buf = cv2.imencode(".png", level, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        heat_bytes = buf.tobytes() if ok else b""
+    topic = f"{TOPIC_PREFIX}/{v.source or 'cam'}".encode()
+    return [topic, json.dumps(header, separators=(",", ":")).encode(), frame_bytes, heat_bytes]
+
+
+@dataclass
+class DebugFrame:
+    """One decoded debug message: header dict, BGR frame (or None) and the anomaly map as float32 (or None)."""
+
+    topic: str
+    header: dict[str, Any]
+    frame: np.ndarray | None = None
+    anomaly_map: np.ndarray | None = None
+    received: float = field(default_factory=time.monotonic)
+
+
+def decode_header(parts: list[bytes]) -> tuple[str, dict[str, Any]]:
+    """Topic and header of a message, without touching the images (cheap: used when draining)."""
+    if len(parts) != 4:
+        msg = f"debug message has {len(parts)} parts, expected 4 [topic, header, jpeg, png]"
+        raise DebugStreamError(msg)
+    try:
+        header = json.loads(parts[1])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        msg = f"debug message header is not JSON: {exc}"
+        raise DebugStreamError(msg) from None
+    if not isinstance(header, dict) or "seq" not in header or "verdict" not in header:
+        msg = f"debug message header lacks seq/verdict: {str(header)[:120]}"
+        raise DebugStreamError(msg)
+    return parts[0].decode("utf-8", "replace"), header
+
+
+def decode_message(parts: list[bytes]) -> DebugFrame:
+    """Decode all four parts; the heatmap comes back on the normalised scale (threshold = 1.0)."""
+    topic, header = decode_header(parts)
+    frame = None
+    if parts[2]:
+        frame = cv2.imdecode(np.frombuffer(parts[2], np.uint8), cv2.IMREAD_COLOR)
+        if frame is None:
+            msg = f"debug message seq {header['seq']}: frame part is not a decodable JPEG ({len(parts[2])} bytes)"
+            raise DebugStreamError(msg)
+    amap = None
+    if parts[3]:
+        level = cv2.imdecode(np.frombuffer(parts[3], np.uint8), cv2.IMREAD_UNCHANGED)
+        if level is None:
+            msg = f"debug message seq {header['seq']}: heatmap part is not a decodable PNG ({len(parts[3])} bytes)"
+            raise DebugStreamError(msg)
+        amap = level.astype(np.float32) * (float(header.get("heatmap_max", HEATMAP_MAX)) / 255.0)
+    return DebugFrame(topic=topic, header=header, frame=frame, anomaly_map=amap)
+
+
+class DebugSink:
+    """The `[debug]` sink: a ZeroMQ PUB socket fed by a rate-limited encoder thread (see the module docstring).
+
+    Raises:
+        ConfigError: `debug.bind` is not loopback and no CURVE secret key is configured, a key file is missing or
+            malformed, or the endpoint cannot be bound (e.g. the port is in use).
+    """
+
+    def __init__(self, config: DebugConfig) -> None:
+        self.config = config
+        self.sent = 0
+        self.dropped = 0  # overwritten in the slot before the encoder took them (rate limit / slow encoder)
+        self.errors = 0
+        loopback = is_loopback_endpoint(config.bind)
+        if not loopback and config.curve_secret_key is None:
+            msg = (
+                f"debug.bind = {config.bind!r} is reachable from other hosts, but debug.curve_secret_key is not set; "
+                "bind to tcp://127.0.0.1:PORT (view it over an SSH tunnel) or configure CURVE keys "
+                "(debug.curve_secret_key and debug.curve_clients_dir)"
+            )
+            raise ConfigError(msg)
+        self._ctx = zmq.Context()
+        self._auth: ThreadAuthenticator | None = None
+        self._sock = self._ctx.socket(zmq.PUB)
+        try:
+            self._sock.setsockopt(zmq.SNDHWM, config.hwm)
+            self._sock.setsockopt(zmq.LINGER, 0)
+            if config.curve_secret_key is not None:
+                self._setup_curve(config.curve_secret_key, config.curve_clients_dir)
+            self._sock.bind(config.bind)
+        except zmq.ZMQError as exc:
+            self._close_socket()
+            msg = f"debug.bind = {config.bind!r} cannot be bound: {exc}"
+            raise ConfigError(msg) from None
+        except BaseException:
+            self._close_socket()
+            raise
+        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._cond = threading.Condition()
+        self._slot: Inspection | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="debug-stream", daemon=True)
+        self._thread.start()
+        log.info("debug_stream_started", endpoint=self.endpoint, fps=config.fps, hwm=config.hwm,
+                 curve=config.curve_secret_key is not None)
+
+    def _setup_curve(self, secret_key: Path, clients_dir: Path | None) -> None:
+        """CURVE server: our key pair on the socket, and a ZAP authenticator deciding which clients may connect."""
+        public, secret = _curve_keys(secret_key, "debug.curve_secret_key")
+        if not secret:
+            msg = f"debug.curve_secret_key {secret_key} holds only a public key; give the .key_secret file"
+            raise ConfigError(msg)
+        self._auth = ThreadAuthenticator(self._ctx)
+        self._auth.start()
+        if clients_dir is not None:
+            if not clients_dir.is_dir():
+                msg = f"debug.curve_clients_dir {clients_dir} is not a folder of client public keys"
+                raise ConfigError(msg)
+            self._auth.configure_curve(domain="*", location=str(clients_dir))
+        else:
+            # Encrypted, and only clients that know the server's public key can connect; any client key accepted.
+            self._auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
+        self._sock.curve_secretkey = secret
+        self._sock.curve_publickey = public
+        self._sock.curve_server = True
+
+    # Sink protocol -------------------------------------------------------------------------------------------------
+
+    def publish(self, inspection: Inspection) -> None:
+        """Offer a frame to the debug stream; O(1), never blocks on the network or on encoding.
+
+        Latest wins, except that a pending fail/error is not displaced by a pass, so a viewer's strip of failed
+        frames still sees failures between two rate-limited sends.
+        """
+        with self._cond:
+            pending = self._slot
+            if pending is not None:
+                self.dropped += 1
+                if pending.verdict.verdict != "pass" and inspection.verdict.verdict == "pass":
+                    return
+            self._slot = inspection
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Stop the encoder thread and close the socket without lingering (idempotent)."""
+        with self._cond:
+            if self._stop:
+                return
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=5.0)
+        self._close_socket()
+        log.info("debug_stream_closed", sent=self.sent, dropped=self.dropped, errors=self.errors)
+
+    def __enter__(self) -> DebugSink:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # worker --------------------------------------------------------------------------------------------------------
+
+    def _close_socket(self) -> None:
+        self._sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        self._ctx.term()
+
+    def _run(self) -> None:
+        bind_thread(stage="debug")
+        interval = 1.0 / self.config.fps
+        next_send = 0.0
+        while True:
+            with self._cond:
+                while self._slot is None and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                wait = next_send - time.monotonic()
+                if wait > 0:
+                    # Rate limit: newer frames may replace the slot while we wait; stop wakes us early.
+                    self._cond.wait_for(lambda: self._stop, timeout=wait)
+                    if self._stop:
+                        return
+                inspection, self._slot = self._slot, None
+            if inspection is None:
+                continue
+            next_send = time.monotonic() + interval
+            try:
+                parts = encode_message(
+                    inspection,
+                    jpeg_quality=self.config.jpeg_quality,
+                    counters={"sent": self.sent + 1, "dropped": self.dropped},
+                )
+                self._sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                self.sent += 1
+            except zmq.Again:
+                self.dropped += 1  # PUB drops at the HWM rather than raising, but be safe
+            except Exception as exc:  # noqa: BLE001 - the debug stream must never take the daemon down
+                self.errors += 1
+                if self.errors <= 5 or self.errors % 1000 == 0:
+                    log.warning("debug_stream_send_failed", seq=inspection.verdict.seq, error=str(exc),
+                                errors=self.errors)

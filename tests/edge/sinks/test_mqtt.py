@@ -1,0 +1,470 @@
+"""The MQTT sink against a real Mosquitto: topics and payloads, Last Will, store-and-forward, TLS, passwords, 3.1.1."""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+from pydantic import SecretStr
+from structlog.testing import capture_logs
+
+from edge.config import MqttConfig
+from edge.errors import ConfigError
+from edge.sinks import Sink
+from edge.sinks.mqtt import MqttSink, mask_png, parse_trigger
+from edge.stats import PipelineStats
+from edge.verdict import Inspection, Region, Verdict
+
+SCHEMA = json.loads((Path(__file__).parents[3] / "edge" / "result.schema.json").read_text(encoding="utf-8"))
+INFO = {
+    "version": "0.1.0",
+    "bundle": {"name": "tiny", "hash": "abc123"},
+    "source": "cam0",
+    "thresholds": {"image": 1.0},
+}
+
+
+def make_config(host: str, port: int, tmp_path: Path, **overrides: Any) -> MqttConfig:
+    """A sink config for tests: unique prefix and client id, fast reconnects, spool in tmp_path."""
+    tag = uuid.uuid4().hex[:8]
+    values: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "prefix": f"test/{tag}",
+        "client_id": f"inspectd-test-{tag}",
+        "spool_dir": tmp_path / "spool",
+        "reconnect_min_s": 0.1,
+        "reconnect_max_s": 0.5,
+        "keepalive_s": 5,
+        "spool_fsync": "never",
+    }
+    values.update(overrides)
+    return MqttConfig(**values)
+
+
+def make_verdict(seq: int, kind: str = "pass", **fields: Any) -> Verdict:
+    """A realistic verdict of each kind (fail with a region, error with its reason)."""
+    base: dict[str, Any] = {
+        "seq": seq,
+        "frame_id": seq * 2,
+        "ts": 1_700_000_000.0 + seq,
+        "verdict": kind,
+        "score": None if kind == "error" else (1.7 if kind == "fail" else 0.2),
+        "threshold": 1.0,
+        "latency_ms": 12.5,
+        "model": {"name": "tiny", "hash": "abc123"},
+        "source": "cam0",
+    }
+    if kind == "error":
+        base["error"] = "frame is 16-bit, expected 8-bit BGR"
+    if kind == "fail":
+        base["regions"] = (Region((10, 20, 30, 40), 900, 3.2, 1.9),)
+    base.update(fields)
+    return Verdict(**base)
+
+
+def inspections(seqs: range) -> list[Inspection]:
+    """Inspections without pixels, cycling pass / fail / error."""
+    kinds = ("pass", "fail", "error")
+    return [Inspection(make_verdict(s, kinds[s % 3])) for s in seqs]
+
+
+def result_seqs(collector: Any) -> list[int]:
+    """The seq of every collected result, in arrival order."""
+    return [m["seq"] for m in collector.json()]
+
+
+def wait_for_seqs(collector: Any, n: int, timeout: float = 10.0) -> bool:
+    """Wait until seqs 0..n-1 all arrived (duplicates may come too: QoS 1 is at-least-once on both legs)."""
+    return collector.wait_until(lambda msgs: {json.loads(p)["seq"] for _, p, _ in msgs} >= set(range(n)), timeout)
+
+
+@pytest.fixture
+def sink_factory(tmp_path: Path):
+    """Build sinks and close whatever a test leaves open."""
+    sinks: list[MqttSink] = []
+
+    def make(config: MqttConfig, **kwargs: Any) -> MqttSink:
+        sink = MqttSink(config, info=INFO, **kwargs)
+        sinks.append(sink)
+        return sink
+
+    yield make
+    for sink in sinks:
+        sink.close(timeout=1.0)
+
+
+class TestMqttSinkTopics:
+    """Topics, payloads and properties of a connected sink."""
+
+    def test_results_arrive_in_order_and_match_the_schema(self, broker, mqtt_collector, sink_factory, tmp_path) -> None:
+        """Every verdict reaches <prefix>/result once, in seq order, small, valid against edge/result.schema.json."""
+        config = make_config(broker.host, broker.port, tmp_path)
+        results = mqtt_collector(f"{config.topic_prefix}/result", v5=True)
+        sink = sink_factory(config)
+        assert isinstance(sink, Sink)
+        sent = inspections(range(30))
+        for inspection in sent:
+            sink.publish(inspection)
+        assert sink.wait_delivered(10)
+        assert results.wait_for(30, 10)
+        assert result_seqs(results) == list(range(30))
+        for (_, payload, props), inspection in zip(results.messages, sent, strict=True):
+            assert len(payload) < 2048
+            message = json.loads(payload)
+            jsonschema.validate(message, SCHEMA)
+            assert message == inspection.verdict.to_dict()
+            assert props.ContentType == "application/json"
+
+    def test_schema_refuses_what_a_plc_could_not_parse(self) -> None:
+        """The schema is strict enough to fail: unknown keys, a bad verdict kind, an error without its reason."""
+        good = make_verdict(0, "fail").to_dict()
+        no_reason = make_verdict(1, "error").to_dict() | {"error": None}
+        for bad in (good | {"extra": 1}, good | {"verdict": "maybe"}, no_reason):
+            with pytest.raises(jsonschema.ValidationError):
+                jsonschema.validate(bad, SCHEMA)
+
+    def test_status_online_and_birth_info_are_retained(self, broker, mqtt_collector, sink_factory, tmp_path) -> None:
+        """A subscriber arriving after start-up gets the retained "online" and the JSON birth message."""
+        config = make_config(broker.host, broker.port, tmp_path)
+        sink = sink_factory(config)
+        assert sink.wait_connected(5)
+        status = mqtt_collector(f"{config.topic_prefix}/status/#")
+        assert status.wait_for(2, 5)
+        got = {topic: payload for topic, payload, _ in status.messages}
+        assert got[f"{config.topic_prefix}/status"] == b"online"
+        assert json.loads(got[f"{config.topic_prefix}/status/info"]) == INFO
+
+    def test_close_publishes_retained_offline(self, broker, mqtt_collector, sink_factory, tmp_path) -> None:
+        """A clean close leaves "offline" retained on <prefix>/status (the Will is not sent on a clean disconnect)."""
+        config = make_config(broker.host, broker.port, tmp_path)
+        sink = sink_factory(config)
+        assert sink.wait_connected(5)
+        sink.close()
+        late = mqtt_collector(f"{config.topic_prefix}/status")
+        assert late.wait_for(1, 5)
+        assert late.payloads() == [b"offline"]
+
+    def test_mask_png_for_failed_frames_with_v5_properties(self, broker, mqtt_collector, sink_factory, tmp_path):
+        """A failed frame's mask arrives as a 1-bit PNG at frame size, content type image/png, user property seq."""
+        config = make_config(broker.host, broker.port, tmp_path)
+        masks = mqtt_collector(f"{config.topic_prefix}/mask/#", v5=True)
+        sink = sink_factory(config)
+        assert sink.wait_connected(5)  # masks are not spooled: sent when connected
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:8, 2:6] = 1
+        frame = np.zeros((64, 48, 3), np.uint8)  # h=64, w=48: the mask is scaled 3x wide, 4x high
+        sink.publish(Inspection(make_verdict(0, "pass"), frame=frame, mask=np.zeros_like(mask)))
+        sink.publish(Inspection(make_verdict(1, "fail"), frame=frame, mask=mask))
+        assert sink.wait_delivered(5)
+        assert masks.wait_for(1, 5)
+        time.sleep(0.2)  # a pass mask, wrongly sent, would have arrived by now
+        assert len(masks.messages) == 1
+        topic, payload, props = masks.messages[0]
+        assert topic == f"{config.topic_prefix}/mask"
+        assert props.ContentType == "image/png"
+        assert ("seq", "1") in props.UserProperty
+        image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert image.shape == (64, 48)
+        expected = np.zeros((64, 48), np.uint8)
+        expected[16:32, 6:18] = 255
+        np.testing.assert_array_equal(image, expected)
+
+    def test_mask_png_is_one_bit(self) -> None:
+        """The PNG is bilevel (bit depth 1 in the IHDR), which keeps a 1024x1024 mask with a blob to about 2 KB."""
+        mask = np.zeros((1024, 1024), np.uint8)
+        mask[100:200, 300:420] = 1
+        png = mask_png(mask)
+        assert png[24] == 1  # IHDR bit depth
+        ok, eight_bit = cv2.imencode(".png", mask * 255)
+        assert ok and len(png) < min(4096, len(eight_bit))
+
+    def test_mask_png_is_placed_at_the_roi(self) -> None:
+        """With a source ROI the mask is scaled to the crop and placed there; the rest of the frame is clean."""
+        mask = np.ones((8, 8), np.uint8)
+        png = mask_png(mask, np.zeros((100, 200, 3), np.uint8), roi=(50, 10, 40, 20))
+        image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+        expected = np.zeros((100, 200), np.uint8)
+        expected[10:30, 50:90] = 255
+        np.testing.assert_array_equal(image, expected)
+
+    def test_mqtt_311_mode(self, broker, mqtt_collector, sink_factory, tmp_path) -> None:
+        """With protocol 3.1.1 results still arrive, and the mask goes to mask/<seq> (no properties in 3.1.1)."""
+        config = make_config(broker.host, broker.port, tmp_path, protocol="3.1.1")
+        everything = mqtt_collector(f"{config.topic_prefix}/#")
+        sink = sink_factory(config)
+        assert sink.wait_connected(5)
+        mask = np.ones((8, 8), np.uint8)
+        sink.publish(Inspection(make_verdict(0, "fail"), mask=mask))
+        sink.publish(Inspection(make_verdict(1, "pass")))
+        assert sink.wait_delivered(5)
+        assert everything.wait_until(lambda msgs: len([m for m in msgs if m[0].endswith("/result")]) == 2, 5)
+        topics = [topic for topic, _, _ in everything.messages]
+        assert f"{config.topic_prefix}/mask/0" in topics
+        assert f"{config.topic_prefix}/status" in topics
+
+    def test_unix_socket_transport(self, unix_broker, sink_factory, tmp_path) -> None:
+        """With transport "unix" the sink connects to the socket path given as host, and verdicts are acknowledged."""
+        config = make_config(str(unix_broker.socket_path), 1883, tmp_path, transport="unix")
+        sink = sink_factory(config)
+        sink.publish(inspections(range(1))[0])
+        assert sink.wait_delivered(5), sink.connect_error
+
+    def test_stats_topic(self, broker, mqtt_collector, sink_factory, tmp_path) -> None:
+        """publish_stats sends the snapshot plus the sink's own connection and spool numbers."""
+        config = make_config(broker.host, broker.port, tmp_path)
+        stats_topic = mqtt_collector(f"{config.topic_prefix}/stats")
+        stats = PipelineStats()
+        sink = sink_factory(config, stats=stats)
+        assert sink.wait_connected(5)
+        sink.publish_stats(stats.snapshot())
+        assert stats_topic.wait_for(1, 5)
+        message = stats_topic.json()[0]
+        assert message["broker_connected"] is True
+        assert message["mqtt"] == {"connected": True, "spool_depth": 0, "spool_dropped": 0, "masks_dropped": 0}
+
+    def test_stats_gauges_follow_the_broker(self, broker, sink_factory, tmp_path) -> None:
+        """broker_connected and spool_depth in PipelineStats track the connection and the backlog."""
+        stats = PipelineStats()
+        sink = sink_factory(make_config(broker.host, broker.port, tmp_path), stats=stats)
+        assert sink.wait_connected(5)
+        assert stats.broker_connected is True
+        broker.stop()
+        deadline = time.monotonic() + 5
+        while stats.broker_connected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert stats.broker_connected is False
+        for inspection in inspections(range(3)):
+            sink.publish(inspection)
+        assert stats.spool_depth == 3
+
+    def test_trigger_calls_back_once_per_message(self, broker, sink_factory, tmp_path) -> None:
+        """Each trigger message calls back with its part_id; malformed payloads still call back, with None."""
+        import paho.mqtt.client as mqtt
+
+        config = make_config(broker.host, broker.port, tmp_path)
+        sink = sink_factory(config)
+        got: list[tuple[str | None, float]] = []
+        done = threading.Event()
+
+        def on_trigger(part_id: str | None, received: float) -> None:
+            got.append((part_id, received))
+            if len(got) == 4:
+                done.set()
+
+        sink.on_trigger(on_trigger)
+        assert sink.wait_connected(5)
+        time.sleep(0.2)  # let the SUBACK arrive
+        plc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        plc.connect(broker.host, broker.port)
+        plc.loop_start()
+        try:
+            for payload in (b'{"part_id": "A-17"}', b"not json", b'{"part_id": 42}', b""):
+                plc.publish(config.topic_prefix + "/trigger", payload, qos=1).wait_for_publish(5)
+            assert done.wait(5)
+        finally:
+            plc.disconnect()
+            plc.loop_stop()
+        assert [p for p, _ in got] == ["A-17", None, "42", None]
+        assert all(t <= time.monotonic() for _, t in got)
+
+    @pytest.mark.parametrize(
+        ("payload", "part_id", "warns"),
+        [
+            (b'{"part_id": "X1"}', "X1", False),  # the documented form
+            (b'{"part_id": 7}', "7", False),  # PLCs often send numbers
+            (b'{"part_id": null}', None, False),  # explicit "no id"
+            (b"{}", None, False),  # a bare trigger as an object
+            (b"  ", None, False),  # a bare trigger, empty payload
+            (b"X1", None, True),  # not JSON: still a part, but say so
+            (b"[1, 2]", None, True),  # JSON, but not an object
+            (b"\xff\xfe", None, True),  # not even UTF-8
+        ],
+    )
+    def test_parse_trigger(self, payload: bytes, part_id: str | None, warns: bool) -> None:
+        """parse_trigger returns the part id or None, warning only when the payload is malformed."""
+        with capture_logs() as logs:
+            assert parse_trigger(payload) == part_id
+        assert any(e["event"] == "trigger_payload_invalid" for e in logs) is warns
+
+
+_KILL_SCRIPT = """
+import json, sys, time
+from edge.config import MqttConfig
+from edge.log import configure
+from edge.sinks.mqtt import MqttSink
+configure("info", "json", sys.stderr)
+sink = MqttSink(MqttConfig(**json.loads(sys.argv[1])), info={"version": "test"})
+assert sink.wait_connected(10), sink.connect_error
+print("connected", flush=True)
+time.sleep(60)
+"""
+
+
+class TestStoreAndForward:
+    """Broker outages and daemon restarts lose no verdict."""
+
+    def test_broker_outage_mid_stream_loses_nothing(self, broker, mqtt_collector, sink_factory, tmp_path) -> None:
+        """Broker down for ~3 s mid-stream: every seq arrives after the restart, first deliveries in order."""
+        config = make_config(broker.host, broker.port, tmp_path)
+        results = mqtt_collector(f"{config.topic_prefix}/result")
+        sink = sink_factory(config)
+        assert sink.wait_connected(5)
+        seq = 0
+        for _ in range(20):
+            sink.publish(inspections(range(seq, seq + 1))[0])
+            seq += 1
+            time.sleep(0.01)
+        broker.stop()
+        outage_end = time.monotonic() + 3.0
+        while time.monotonic() < outage_end:  # the line keeps producing verdicts while the broker is away
+            sink.publish(inspections(range(seq, seq + 1))[0])
+            seq += 1
+            time.sleep(0.05)
+        assert sink.spool_depth > 0
+        broker.start()
+        assert sink.wait_delivered(15), f"spool depth {sink.spool_depth}"
+        assert wait_for_seqs(results, seq)
+        got = result_seqs(results)
+        first_seen = list(dict.fromkeys(got))
+        assert first_seen == list(range(seq))  # nothing lost, in order
+        assert len(got) - len(first_seen) <= config.max_inflight  # duplicates only from re-sent in-flight messages
+
+    def test_restart_while_broker_down_replays_the_spool(self, broker, mqtt_collector, sink_factory, tmp_path) -> None:
+        """A sink closed during an outage leaves its verdicts in the spool; the next one on that spool delivers them."""
+        config = make_config(broker.host, broker.port, tmp_path)
+        results = mqtt_collector(f"{config.topic_prefix}/result")
+        first = sink_factory(config)
+        for inspection in inspections(range(5)):
+            first.publish(inspection)
+        assert first.wait_delivered(5)
+        broker.stop()
+        for inspection in inspections(range(5, 15)):
+            first.publish(inspection)
+        started = time.monotonic()
+        first.close()
+        assert time.monotonic() - started < 3.0  # closing during an outage does not hang
+        broker.start()
+        second = sink_factory(config)
+        assert second.spool_depth == 10
+        assert second.wait_delivered(10)
+        assert wait_for_seqs(results, 15)
+        assert list(dict.fromkeys(result_seqs(results))) == list(range(15))
+
+    def test_spool_cap_during_an_outage_keeps_the_newest(self, broker, mqtt_collector, sink_factory, tmp_path):
+        """At spool_max_mb the oldest verdicts go, with a warning and a count; the newest are delivered later."""
+        config = make_config(broker.host, broker.port, tmp_path, spool_max_mb=0.01)
+        results = mqtt_collector(f"{config.topic_prefix}/result")
+        sink = sink_factory(config)
+        assert sink.wait_connected(5)
+        broker.stop()
+        deadline = time.monotonic() + 5
+        while sink.connected and time.monotonic() < deadline:  # nothing may be in flight: all must go to the spool
+            time.sleep(0.01)
+        with capture_logs() as logs:
+            for inspection in inspections(range(120)):  # ~300 B each: 36 KB through a 10 KB spool
+                sink.publish(inspection)
+        warnings = [e for e in logs if e["event"] == "spool_full_dropped_oldest"]
+        dropped = sum(e["dropped"] for e in warnings)
+        assert warnings and warnings[0]["log_level"] == "warning" and dropped > 0
+        broker.start()
+        assert sink.wait_delivered(10)
+        kept = list(range(dropped, 120))
+        assert results.wait_until(lambda msgs: {json.loads(p)["seq"] for _, p, _ in msgs} >= set(kept), 10)
+        assert list(dict.fromkeys(result_seqs(results))) == kept
+
+    def test_last_will_on_sigkill(self, broker, mqtt_collector, tmp_path) -> None:
+        """A daemon killed with SIGKILL gets "offline" on <prefix>/status from the broker (the Last Will)."""
+        config = make_config(broker.host, broker.port, tmp_path)
+        status = mqtt_collector(f"{config.topic_prefix}/status")
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _KILL_SCRIPT, config.model_dump_json()],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=Path(__file__).parents[3],
+        )
+        try:
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], 15)
+            assert ready and proc.stdout.readline().strip() == b"connected", "sink subprocess did not connect"
+            assert status.wait_until(lambda msgs: b"online" in [p for _, p, _ in msgs], 5)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(5)
+            assert status.wait_until(lambda msgs: msgs[-1][1] == b"offline", 5), status.payloads()
+        finally:
+            proc.kill()
+            proc.wait(5)
+
+
+class TestSecurity:
+    """TLS and password listeners, and clear errors when credentials are wrong."""
+
+    def test_mutual_tls_with_encrypted_client_key(self, tls_broker, sink_factory, tmp_path) -> None:
+        """Over a TLS listener that requires client certificates, verdicts are delivered and acknowledged."""
+        tls = tls_broker.tls
+        config = make_config(
+            tls_broker.host, tls_broker.port, tmp_path, tls=True, tls_ca=tls.ca, tls_cert=tls.client_cert,
+            tls_key=tls.client_key, tls_key_password=SecretStr(tls.client_key_password),
+        )
+        sink = sink_factory(config)
+        for inspection in inspections(range(3)):
+            sink.publish(inspection)
+        assert sink.wait_delivered(10), sink.connect_error
+
+    def test_tls_with_the_wrong_ca_is_refused_with_the_cause(self, tls_broker, sink_factory, tmp_path) -> None:
+        """A server certificate not signed by mqtt.tls_ca fails the connection, and the error says why."""
+        tls = tls_broker.tls
+        config = make_config(
+            tls_broker.host, tls_broker.port, tmp_path, tls=True, tls_ca=tls.client_cert, tls_cert=tls.client_cert,
+            tls_key=tls.client_key, tls_key_password=SecretStr(tls.client_key_password),
+        )
+        with capture_logs() as logs:
+            sink = sink_factory(config)
+            assert not sink.wait_connected(1.0)
+        failed = [e for e in logs if e["event"] == "mqtt_connect_failed"]
+        assert failed and "certificate verify failed" in failed[0]["error"]
+        assert "certificate verify failed" in (sink.connect_error or "")
+
+    def test_wrong_key_passphrase_is_a_config_error(self, tls_broker, tmp_path) -> None:
+        """A wrong client-key passphrase fails at start-up and names the setting to fix."""
+        tls = tls_broker.tls
+        config = make_config(
+            tls_broker.host, tls_broker.port, tmp_path, tls=True, tls_ca=tls.ca, tls_cert=tls.client_cert,
+            tls_key=tls.client_key, tls_key_password=SecretStr("wrong"),
+        )
+        with pytest.raises(ConfigError, match="INSPECTD_MQTT__TLS_KEY_PASSWORD"):
+            MqttSink(config, info=INFO)
+
+    def test_password_listener(self, password_broker, sink_factory, tmp_path) -> None:
+        """With the right user name and password verdicts are delivered."""
+        b = password_broker
+        config = make_config(b.host, b.port, tmp_path, username=b.username, password=SecretStr(b.password))
+        sink = sink_factory(config)
+        sink.publish(inspections(range(1))[0])
+        assert sink.wait_delivered(5), sink.connect_error
+
+    def test_wrong_password_is_a_clear_error(self, password_broker, sink_factory, tmp_path) -> None:
+        """A refused login is logged as an error naming the reason and where the password comes from."""
+        b = password_broker
+        config = make_config(b.host, b.port, tmp_path, username=b.username, password=SecretStr("nope"))
+        with capture_logs() as logs:
+            sink = sink_factory(config)
+            assert not sink.wait_connected(1.0)
+            sink.publish(inspections(range(1))[0])
+        refused = [e for e in logs if e["event"] == "mqtt_connect_refused"]
+        assert refused and refused[0]["log_level"] == "error"
+        assert refused[0]["reason"] in {"Not authorized", "Bad user name or password"}
+        assert "INSPECTD_MQTT__PASSWORD" in refused[0]["hint"]
+        assert sink.spool_depth == 1  # the verdict waits in the spool, not lost

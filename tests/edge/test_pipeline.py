@@ -1,0 +1,311 @@
+"""The staged pipeline with a real tiny ONNX bundle, real OpenCV sources and an in-memory sink."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+
+from edge.backends import load_backend
+from edge.bundle import Bundle
+from edge.config import Config
+from edge.pipeline import Pipeline
+from edge.seq import SeqCounter
+from edge.sources import open_source
+from edge.stats import PipelineStats
+from edge.verdict import Inspection
+from tests.bundles import blob_frame, make_tiny_bundle
+
+
+class ListSink:
+    """Collects inspections in publish order (the pipeline is under test here, not a sink)."""
+
+    def __init__(self) -> None:
+        self.items: list[Inspection] = []
+
+    def publish(self, inspection: Inspection) -> None:
+        """Record the inspection."""
+        self.items.append(inspection)
+
+    def close(self) -> None:
+        """Nothing to release."""
+        pass
+
+    def __enter__(self) -> ListSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """A tiny real bundle shared by the module's tests."""
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+def write_frames(folder: Path, n: int, *, size: int = 64, blob_every: int = 3) -> list[np.ndarray]:
+    """Write `n` dark PNGs, every `blob_every`-th with a white blob at a known place."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for i in range(n):
+        box = (5 + i % 40, 7 + i % 30, 8, 6) if i % blob_every == 0 else None
+        frame = blob_frame(size, size, box)
+        cv2.imwrite(str(folder / f"{i:04d}.png"), frame)
+        frames.append(frame)
+    return frames
+
+
+def make_config(folder: Path, **pipeline: object) -> Config:
+    """A Config reading `folder`, with pipeline overrides."""
+    config = Config()
+    config.source.kind = "folder"
+    config.source.uri = str(folder)
+    config.model.threads = 1
+    for key, value in pipeline.items():
+        setattr(config.pipeline, key, value)
+    return config
+
+
+def build(bundle: Bundle, config: Config, **kwargs: object) -> tuple[Pipeline, ListSink, PipelineStats]:
+    """A pipeline over the config's source and the bundle, publishing into a ListSink."""
+    stats = PipelineStats()
+    sink = ListSink()
+    source = open_source(config.source, stats=stats)
+    backend = load_backend(bundle, config.model)
+    pipeline = Pipeline(
+        source, backend, [sink], config=config, model={"name": "tiny", "hash": bundle.short_hash},
+        color_order="BGR", stats=stats, **kwargs,  # type: ignore[arg-type]
+    )
+    return pipeline, sink, stats
+
+
+class TestPipelineContinuous:
+    """Continuous mode."""
+    def test_every_frame_one_verdict_in_order(self, bundle: Bundle, tmp_path: Path) -> None:
+        """A folder of frames gives one verdict per frame, seq gap-free in file order, blobs failing where they are."""
+        write_frames(tmp_path / "in", 30)
+        pipeline, sink, stats = build(bundle, make_config(tmp_path / "in"))
+        pipeline.run(drain_timeout=20)
+        verdicts = [i.verdict for i in sink.items]
+        assert [v.seq for v in verdicts] == list(range(30))
+        assert [v.frame_id for v in verdicts] == list(range(30))
+        assert [v.verdict for v in verdicts] == ["fail" if i % 3 == 0 else "pass" for i in range(30)]
+        first = verdicts[0]
+        assert len(first.regions) == 1
+        assert first.regions[0].bbox == (5, 7, 8, 6)
+        assert first.regions[0].area_px == 48
+        assert stats.snapshot()["verdicts"] == {"pass": 20, "fail": 10, "error": 0}
+        assert set(stats.last_beats()) == {"capture", "preprocess", "infer", "postprocess", "publish"}
+
+    def test_batches_keep_order(self, bundle: Bundle, tmp_path: Path) -> None:
+        """With max_batch 4 frames are judged in batches and still published one per frame in seq order."""
+        write_frames(tmp_path / "in", 21)
+        config = make_config(tmp_path / "in")
+        config.model.max_batch = 4
+        config.model.batch_wait_ms = 50
+        (tmp_path / "in" / "0010.png").write_bytes(b"not a png")
+        pipeline, sink, _ = build(bundle, config)
+        pipeline.run(drain_timeout=20)
+        verdicts = [i.verdict for i in sink.items]
+        assert [v.seq for v in verdicts] == list(range(21))
+        assert verdicts[10].verdict == "error" and "0010.png" in (verdicts[10].error or "")
+        assert [v.verdict for v in verdicts if v.seq != 10] == [
+            "fail" if i % 3 == 0 else "pass" for i in range(21) if i != 10
+        ]
+
+    def test_malformed_frames_are_error_verdicts(self, bundle: Bundle, tmp_path: Path) -> None:
+        """Zero-size, 4-channel, 2-channel and 16-bit images each give an error verdict naming the cause."""
+        folder = tmp_path / "in"
+        folder.mkdir()
+        cv2.imwrite(str(folder / "a_good.png"), blob_frame(64, 64))
+        (folder / "b_zero.png").write_bytes(b"")
+        cv2.imwrite(str(folder / "c_bgra.png"), np.zeros((64, 64, 4), np.uint8))
+        np.save(folder / "d_ignored.npy", np.zeros(1))  # not matched by the glob
+        cv2.imwrite(str(folder / "e_16bit.png"), np.zeros((64, 64, 3), np.uint16))
+        cv2.imwrite(str(folder / "f_grey.png"), np.zeros((64, 64), np.uint8))
+        cv2.imwrite(str(folder / "g_tiny.png"), np.zeros((1, 1, 3), np.uint8))
+        config = make_config(folder)
+        config.source.glob = "*.png"
+        pipeline, sink, stats = build(bundle, config)
+        pipeline.run(drain_timeout=20)
+        got = {Path(i.verdict.error or "ok: x").name.split(":")[0]: i.verdict for i in sink.items}
+        kinds = [i.verdict.verdict for i in sink.items]
+        assert kinds == ["pass", "error", "error", "error", "pass", "pass"]
+        errors = [i.verdict.error for i in sink.items if i.verdict.verdict == "error"]
+        assert "b_zero.png" in errors[0] and "cannot read" in errors[0]
+        assert "4 channels" in errors[1]
+        assert "16-bit" in errors[2]
+        assert got and stats.snapshot()["verdicts"]["error"] == 3
+        schema = json.loads((Path(__file__).resolve().parents[2] / "edge" / "result.schema.json").read_text())
+        for inspection in sink.items:
+            jsonschema.validate(inspection.verdict.to_dict(), schema)
+
+    def test_roi_outside_frame_is_error(self, bundle: Bundle, tmp_path: Path) -> None:
+        """An ROI that does not fit the frame gives error verdicts saying so, and regions map back through the ROI."""
+        folder = tmp_path / "in"
+        folder.mkdir()
+        big = np.full((100, 200, 3), 10, np.uint8)
+        big[40:60, 120:140] = 255
+        cv2.imwrite(str(folder / "a.png"), big)
+        cv2.imwrite(str(folder / "b.png"), np.zeros((50, 50, 3), np.uint8))
+        config = make_config(folder)
+        config.source.roi = (100, 20, 64, 64)
+        pipeline, sink, _ = build(bundle, config)
+        pipeline.run(drain_timeout=20)
+        first, second = (i.verdict for i in sink.items)
+        assert first.verdict == "fail"
+        assert first.regions[0].bbox == (120, 40, 20, 20)
+        assert second.verdict == "error" and "reaches outside the 50x50 frame" in (second.error or "")
+
+    def test_inference_exception_is_error_verdict(self, bundle: Bundle, tmp_path: Path) -> None:
+        """A backend that raises during inference yields error verdicts for those frames and the pipeline goes on."""
+        write_frames(tmp_path / "in", 6)
+        pipeline, sink, _ = build(bundle, make_config(tmp_path / "in"))
+        real_submit = pipeline.backend.submit
+        calls = {"n": 0}
+
+        def flaky_submit(slot: object, n: int) -> None:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                msg = "simulated CUDA out of memory"
+                raise RuntimeError(msg)
+            real_submit(slot, n)  # type: ignore[arg-type]
+
+        pipeline.backend.submit = flaky_submit  # type: ignore[method-assign]
+        pipeline.run(drain_timeout=20)
+        verdicts = [i.verdict for i in sink.items]
+        assert [v.seq for v in verdicts] == list(range(6))
+        assert verdicts[2].verdict == "error" and "simulated CUDA out of memory" in (verdicts[2].error or "")
+        assert [v.verdict for v in verdicts[3:]] == ["fail", "pass", "pass"]
+
+    def test_paced_source_skips_and_counts(self, bundle: Bundle, tmp_path: Path) -> None:
+        """A camera-paced source faster than the pipeline skips frames, counts them, and seq stays gap-free."""
+        write_frames(tmp_path / "in", 40)
+        config = make_config(tmp_path / "in", queue_size=1)
+        config.source.fps = 400
+        pipeline, sink, stats = build(bundle, config)
+        slow = threading.Event()
+
+        def slow_publish(_inspection: Inspection) -> None:
+            slow.wait(0.02)
+
+        pipeline.on_verdict = slow_publish
+        pipeline.run(drain_timeout=20)
+        snap = stats.snapshot()
+        verdicts = [i.verdict for i in sink.items]
+        assert snap["frames_captured"] == 40
+        assert snap["frames_skipped"] > 0
+        assert len(verdicts) + snap["frames_skipped"] == 40
+        assert [v.seq for v in verdicts] == list(range(len(verdicts)))
+        assert len({v.frame_id for v in verdicts}) == len(verdicts)
+
+    def test_max_frames_and_stop(self, bundle: Bundle, tmp_path: Path) -> None:
+        """max_frames ends the stream after exactly N verdicts; a looping source stops on the stop event."""
+        write_frames(tmp_path / "in", 5)
+        config = make_config(tmp_path / "in")
+        config.source.loop = True
+        pipeline, sink, _ = build(bundle, config, max_frames=12)
+        pipeline.run(drain_timeout=20)
+        assert [i.verdict.seq for i in sink.items] == list(range(12))
+        pipeline, sink, _ = build(bundle, config)
+        stop = threading.Event()
+        threading.Timer(0.5, stop.set).start()
+        pipeline.run(stop, drain_timeout=20)
+        assert len(sink.items) > 5
+        assert [i.verdict.seq for i in sink.items] == list(range(len(sink.items)))
+
+
+class TestPipelineTriggered:
+    """Triggered mode (triggers injected directly)."""
+    def test_each_trigger_one_verdict(self, bundle: Bundle, tmp_path: Path) -> None:
+        """Each trigger gives exactly one verdict carrying its part_id, on a frame captured after the trigger."""
+        write_frames(tmp_path / "in", 4)
+        config = make_config(tmp_path / "in", mode="triggered")
+        config.source.loop = True
+        pipeline, sink, _ = build(bundle, config)
+        pipeline.start()
+        sent_at = {}
+        for i in range(10):
+            sent_at[f"P{i}"] = time.time()
+            pipeline.trigger(f"P{i}", time.monotonic())
+        deadline = time.monotonic() + 10
+        while len(sink.items) < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        pipeline.stop()
+        assert pipeline.join(10)
+        verdicts = [i.verdict for i in sink.items]
+        assert [v.part_id for v in verdicts] == [f"P{i}" for i in range(10)]
+        assert [v.seq for v in verdicts] == list(range(10))
+        assert all(v.ts >= sent_at[v.part_id] for v in verdicts)  # type: ignore[index]
+        assert [v.verdict for v in verdicts[:4]] == ["fail", "pass", "pass", "fail"]
+
+    def test_no_frame_is_error_never_skipped(self, bundle: Bundle, tmp_path: Path) -> None:
+        """Triggers after the source ran dry, or still queued at stop, get error verdicts: no part is dropped."""
+        write_frames(tmp_path / "in", 2)
+        config = make_config(tmp_path / "in", mode="triggered")
+        pipeline, sink, _ = build(bundle, config)
+        for i in range(5):
+            pipeline.trigger(f"P{i}", time.monotonic())
+        pipeline.run(drain_timeout=10)
+        verdicts = [i.verdict for i in sink.items]
+        assert [v.part_id for v in verdicts] == [f"P{i}" for i in range(5)]
+        assert [v.verdict for v in verdicts] == ["fail", "pass", "error", "error", "error"]
+        assert "no more frames" in (verdicts[2].error or "")
+        assert "not served" in (verdicts[3].error or "")
+        assert [v.frame_id for v in verdicts] == list(range(5))  # no-frame errors are numbered like frames
+
+
+class TestSeqCounter:
+    """SeqCounter (edge/seq.py)."""
+
+    def test_clean_stop_continues_exactly(self, tmp_path: Path) -> None:
+        """After a clean stop the next run continues with the next number."""
+        counter = SeqCounter(tmp_path / "seq.json")
+        for _ in range(5):
+            counter.publishing(counter.take())
+        counter.close()
+        assert SeqCounter(tmp_path / "seq.json").take() == 5
+
+    def test_crash_same_boot_continues_after_last_published(self, tmp_path: Path) -> None:
+        """A process crash resumes right after the last verdict handed to the sinks (unpublished ones are reused)."""
+        counter = SeqCounter(tmp_path / "seq.json")
+        issued = [counter.take() for _ in range(8)]
+        for seq in issued[:6]:
+            counter.publishing(seq)
+        del counter  # no close(): killed
+        assert SeqCounter(tmp_path / "seq.json").take() == 6
+
+    def test_unclean_other_boot_jumps_past_reservation(self, tmp_path: Path) -> None:
+        """After a power cut (unclean state from another boot) numbering skips past the fsynced reservation."""
+        counter = SeqCounter(tmp_path / "seq.json")
+        for _ in range(3):
+            counter.publishing(counter.take())
+        state = json.loads((tmp_path / "seq.json").read_text())
+        (tmp_path / "seq.json").write_text(json.dumps(state | {"boot": "an-earlier-boot"}))
+        assert SeqCounter(tmp_path / "seq.json").take() == SeqCounter.BLOCK
+        (tmp_path / "seq.json").write_text("{torn")  # unreadable: the reservation (now 2 blocks) is the floor
+        assert SeqCounter(tmp_path / "seq.json").take() == 2 * SeqCounter.BLOCK
+
+
+class TestPipelineCamera:
+    """Live camera sources in the pipeline."""
+    def test_camera_outage_is_an_error_verdict(self, bundle: Bundle, tmp_path: Path) -> None:
+        """A camera that cannot be reached shows in the verdict stream as an error verdict, not silence."""
+        config = make_config(tmp_path / "missing.avi")
+        config.source.kind = "rtsp"  # FFmpeg on a missing file: a camera that is not there
+        config.source.reconnect_min_s = 0.05
+        config.source.reconnect_max_s = 0.1
+        pipeline, sink, stats = build(bundle, config, max_frames=1)
+        pipeline.run(drain_timeout=10)
+        pipeline.source.close()
+        (verdict,) = (i.verdict for i in sink.items)
+        assert verdict.verdict == "error" and "camera cam0 lost: cannot open" in (verdict.error or "")
+        assert stats.snapshot()["camera_outages"] == 1

@@ -1,0 +1,199 @@
+"""Choosing raw thresholds from scored images, and writing them into an exported graph. No torch.
+
+The graph reports `(raw - offset) / (image - offset)`, so the calibrated image threshold reads 1.0 and a typical good
+part about 0.0 on every line, whatever the detector's raw scale. Calibration turns the current bundle's normalised
+outputs back into raw values, picks new thresholds, and rewrites the three initializers in place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from calib.metrics import f1_max
+from edge.bundle import Thresholds
+from edge.errors import DatasetError, InspectdError
+from export.names import THRESHOLD_INITIALIZERS
+
+MIN_GOOD = 20  # below this the max (or a quantile) of good scores says little about the next thousand parts
+DEFAULT_MARGIN = 1.1
+_PIXEL_SAMPLE = 1 << 22  # F1 over at most this many pixels (subsampled above)
+
+
+class CalibrationError(InspectdError):
+    """Raised when thresholds cannot be chosen or written (degenerate scores, a graph without threshold inputs)."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Raw outputs for a set of images: scores (N,), maps (N, H, W), and masks (N, H, W) {0,1} when known."""
+
+    scores: np.ndarray
+    maps: np.ndarray
+    labels: np.ndarray  # 0 good, 1 defective
+    masks: np.ndarray | None = None
+
+
+def to_raw(normalised: np.ndarray, thresholds: Thresholds) -> np.ndarray:
+    """Undo the graph's normalisation: raw = n * (image - offset) + offset (float64)."""
+    n = np.asarray(normalised, dtype=np.float64)
+    return n * (thresholds.image - thresholds.offset) + thresholds.offset
+
+
+def require_good(n_found: int, where: str, minimum: int = MIN_GOOD) -> None:
+    """Refuse to calibrate on too few good images, saying how many are needed.
+
+    Raises:
+        DatasetError: fewer than `minimum` good images.
+    """
+    if n_found < minimum:
+        msg = (
+            f"calibration needs at least {minimum} good images, found {n_found} in {where}; "
+            f"add {minimum - n_found} more held-out good images (not the training ones)"
+        )
+        raise DatasetError(msg)
+
+
+def choose(
+    good: Scored, defects: Scored | None = None, *, margin: float | None = None, quantile: float | None = None
+) -> Thresholds:
+    """Pick thresholds: good-only (margin or quantile) by default, F1-optimal when defective samples are given.
+
+    Good-only: image = median + margin x (max - median) of the good scores (with margin 1.1 the worst good image
+    scores 1/1.1 = 0.91), or the `quantile` of the good scores (about 1 - q of good parts rejected). The pixel
+    threshold follows the same rule over each good image's maximum pixel, so good images get empty masks.
+    With defects: image threshold maximising F1 over good + defective images; pixel threshold maximising F1 over the
+    pixels when masks are known, else the good-only pixel rule. Offset = median good score in both cases.
+
+    Raises:
+        CalibrationError: margin/quantile out of range, or scores that are not finite.
+    """
+    if margin is not None and quantile is not None:
+        msg = "give either --margin or --quantile, not both"
+        raise CalibrationError(msg)
+    if quantile is not None and not 0.5 <= quantile <= 1.0:
+        msg = f"--quantile must be in [0.5, 1.0], found {quantile}"
+        raise CalibrationError(msg)
+    margin = DEFAULT_MARGIN if margin is None and quantile is None else margin
+    if margin is not None and margin < 1.0:
+        msg = f"--margin must be >= 1.0 (it scales the gap above the worst good image), found {margin}"
+        raise CalibrationError(msg)
+    scores = good.scores.astype(np.float64)
+    peaks = good.maps.reshape(len(good.maps), -1).max(axis=1).astype(np.float64)
+    if not (np.all(np.isfinite(scores)) and np.all(np.isfinite(peaks))):
+        msg = "the model produced non-finite scores on good images; the bundle is broken, re-export it"
+        raise CalibrationError(msg)
+    offset = float(np.median(scores))
+    image = _good_rule(scores, margin, quantile)
+    pixel = _good_rule(peaks, margin, quantile)
+    rule = f"median + {margin:g} x (max - median)" if margin is not None else f"quantile {quantile:g}"
+    method = f"good-only: {rule} of {len(scores)} good images"
+    n_defect = 0
+    escape: float | None = None
+    if defects is not None and np.any(defects.labels == 1):
+        all_scores = np.concatenate([scores, defects.scores.astype(np.float64)])
+        labels = np.concatenate([np.zeros(len(scores), int), defects.labels.astype(int)])
+        _, image = f1_max(labels, all_scores)
+        method = f"F1-optimal on {int(np.sum(labels == 0))} good + {int(np.sum(labels == 1))} defective images"
+        if defects.masks is not None and np.any(defects.masks):
+            pixel = _pixel_f1(good, defects)
+            method += "; pixel threshold F1-optimal over pixels"
+        else:
+            method += f"; pixel threshold good-only ({rule})"
+        n_defect = int(np.sum(defects.labels == 1))
+        scores = all_scores[labels == 0]
+        escape = float(np.mean(all_scores[labels == 1] < image))
+    offset = _usable_offset(offset, image, scores)
+    return Thresholds(
+        image=float(image),
+        pixel=float(pixel),
+        offset=offset,
+        method=method,
+        calibrated=True,
+        n_good=len(scores),
+        n_defect=n_defect,
+        expected_false_reject_rate=float(np.mean(scores >= image)),
+        expected_escape_rate=escape,
+    )
+
+
+def _good_rule(values: np.ndarray, margin: float | None, quantile: float | None) -> float:
+    if quantile is not None:
+        return float(np.quantile(values, quantile))
+    assert margin is not None  # choose() sets the default margin when no quantile is given
+    median, top = float(np.median(values)), float(np.max(values))
+    gap = top - median
+    if gap <= 0:  # all good images score the same: any margin above it will do
+        gap = max(abs(top), 1.0) * 1e-3
+    return median + float(margin) * gap
+
+
+def _pixel_f1(good: Scored, defects: Scored) -> float:
+    maps = np.concatenate([good.maps.reshape(-1), defects.maps.reshape(-1)])
+    truth = np.concatenate([np.zeros(good.maps.size, np.uint8), np.asarray(defects.masks).reshape(-1)])
+    if maps.size > _PIXEL_SAMPLE:
+        pick = np.random.default_rng(0).choice(maps.size, _PIXEL_SAMPLE, replace=False)
+        maps, truth = maps[pick], truth[pick]
+    _, threshold = f1_max(truth, maps)
+    return float(threshold)
+
+
+def _usable_offset(offset: float, image: float, good_scores: np.ndarray) -> float:
+    """The median good score, moved below the image threshold when a low F1 threshold puts it at or above."""
+    if image > offset and math.isfinite(offset):
+        return offset
+    low = float(np.min(good_scores))
+    if image > low:
+        return low
+    return image - max(abs(image), 1.0) * 1e-3
+
+
+def describe(t: Thresholds) -> str:
+    """Operator-facing summary of calibrated thresholds and the rates they imply on the data given."""
+    fr = "n/a" if t.expected_false_reject_rate is None else f"{100 * t.expected_false_reject_rate:.1f}%"
+    esc = "n/a (no defective samples)" if t.expected_escape_rate is None else f"{100 * t.expected_escape_rate:.1f}%"
+    return (
+        f"thresholds ({t.method}): image {t.image:.5g}, pixel {t.pixel:.5g}, offset {t.offset:.5g}\n"
+        f"expected false-reject rate {fr} of {t.n_good} good images; expected escape rate {esc}"
+        + (f" of {t.n_defect} defective images" if t.n_defect else "")
+    )
+
+
+def write_thresholds(onnx_path: Path, thresholds: Thresholds) -> None:
+    """Rewrite the PostProcess threshold initializers of an exported graph (FP32 or Q/DQ) in place.
+
+    Raises:
+        CalibrationError: the graph lacks one of the named initializers (not made by `inspectd export`).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    by_name = {init.name: init for init in model.graph.initializer}
+    for field, name in THRESHOLD_INITIALIZERS.items():
+        init = by_name.get(name)
+        if init is None:
+            msg = f"{onnx_path}: no initializer {name!r}; only graphs made by `inspectd export` can be calibrated"
+            raise CalibrationError(msg)
+        value = np.asarray(getattr(thresholds, field), dtype=np.float32).reshape(tuple(init.dims))
+        init.CopyFrom(numpy_helper.from_array(value, name))
+    onnx.save(model, str(onnx_path))
+
+
+def read_thresholds(onnx_path: Path) -> dict[str, float]:
+    """The threshold initializers' values, by Thresholds field name (for checks and tests)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    by_name = {init.name: init for init in model.graph.initializer}
+    return {f: float(numpy_helper.to_array(by_name[n])) for f, n in THRESHOLD_INITIALIZERS.items() if n in by_name}
+
+
+def stack_masks(masks: Sequence[np.ndarray]) -> np.ndarray:
+    """(N, H, W) uint8 from a list of equal-size masks."""
+    return np.stack([np.asarray(m, np.uint8) for m in masks])

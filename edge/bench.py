@@ -158,7 +158,13 @@ def write_frames(folder: Path, n: int, height: int, width: int, images: Path | N
         if not sources:
             msg = f"--images {images}: no readable image files"
             raise ConfigError(msg)
-        decoded = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in sources]
+        decoded = []
+        for src in sources:
+            image = cv2.imread(str(src), cv2.IMREAD_COLOR)
+            if image is None:
+                msg = f"--images {images}: cannot read {src.name}"
+                raise ConfigError(msg)
+            decoded.append(image)
         out = []
         for i in range(n):
             dst = folder / f"{i:06d}.bmp"
@@ -486,6 +492,9 @@ def bench(
         work = Path(tmp)
         files = write_frames(work / "frames", frames, h, w, images)
         first = cv2.imread(str(files[0]), cv2.IMREAD_COLOR)
+        if first is None:
+            msg = f"bench: cannot read back the frame {files[0]} it wrote"
+            raise ConfigError(msg)
         use_configured = config_path is not None and config.mqtt.enabled
         with _broker_for(config, work, use_configured=use_configured) as broker:
             config.mqtt.enabled = True

@@ -118,7 +118,11 @@ def run_tool(step: str, argv: list[str], paths: Paths) -> float:
     """Run `python -m edge ARGV` with output to logs/<step>.log; return seconds; DemoError with the log's tail."""
     paths.logs.mkdir(parents=True, exist_ok=True)
     log_file = paths.logs / f"{step}.log"
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    # The folder holding the `edge` package first on the path: the repo root for an editable install, so a
+    # stale editable-install finder cannot shadow detectors/, export/ or calib/; harmless for a normal install.
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
     start = time.monotonic()
     with log_file.open("w", encoding="utf-8") as fh:
         fh.write(f"$ inspectd {' '.join(argv)}\n")
@@ -489,10 +493,11 @@ def run_stream(config: Config, truths: list[Truth], broker: str, *, quiet: bool)
     finally:
         stop_viewer.set()
         if watcher.is_alive():
-            watcher.join(timeout=2)
+            watcher.join(timeout=10)
         if viewer.received:
             result.view = viewer.view()
-        viewer.close()
+        if not watcher.is_alive():  # never close a ZeroMQ socket another thread may still be polling
+            viewer.close()
         client.disconnect()
         client.loop_stop()
     return result
@@ -572,7 +577,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  false rejects {s['false_rejects']} (good frames failed)",
         f"  throughput    {tp}  (capture of the first frame to the last verdict at the subscriber)",
         f"  latency       p50 {lat['p50']} ms  p95 {lat['p95']} ms  p99 {lat['p99']} ms  (capture -> verdict; "
-        f"inference alone p50 {s['infer_ms']['p50']} ms)",
+        f"inference alone p50 {_round(s['infer_ms']['p50'])} ms)",
         f"  broker        {s['broker']}",
         "=" * 72,
     ])

@@ -59,6 +59,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: a throwaway key pair, accepted when the daemon allows any client")
 
 
+def _client_keys(server_key: Path, client_key: Path | None) -> tuple[bytes, bytes, bytes]:
+    """(server public, client public, client secret) for a CURVE client; a throwaway client pair when none given."""
+    server_public, _ = _curve_keys(server_key, "--curve-server-key")
+    if client_key is None:
+        public, secret = zmq.curve_keypair()
+        return server_public, public, secret
+    public, secret = _curve_keys(client_key, "--curve-client-key")
+    if not secret:
+        msg = f"--curve-client-key {client_key} holds no secret key; give the .key_secret file"
+        raise ConfigError(msg)
+    return server_public, public, secret
+
+
 class Viewer:
     """Subscriber state and rendering, without any window: `poll()` drains the socket, `view()` draws."""
 
@@ -86,24 +99,15 @@ class Viewer:
         self.bad = 0
         self._arrivals: deque[tuple[float, int]] = deque(maxlen=64)  # (monotonic, seq)
         self._last_view: np.ndarray | None = None
+        keys = _client_keys(curve_server_key, curve_client_key) if curve_server_key is not None else None
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.RCVHWM, 16)
-        self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        self._sock.setsockopt(zmq.RECONNECT_IVL, 100)  # a restarted daemon is found again within a second
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        if curve_server_key is not None:
-            server_public, _ = _curve_keys(curve_server_key, "--curve-server-key")
-            if curve_client_key is not None:
-                public, secret = _curve_keys(curve_client_key, "--curve-client-key")
-                if not secret:
-                    msg = f"--curve-client-key {curve_client_key} holds no secret key; give the .key_secret file"
-                    raise ConfigError(msg)
-            else:
-                public, secret = zmq.curve_keypair()
-            self._sock.curve_serverkey = server_public
-            self._sock.curve_publickey = public
-            self._sock.curve_secretkey = secret
+        if keys is not None:
+            self._sock.curve_serverkey, self._sock.curve_publickey, self._sock.curve_secretkey = keys
         self._sock.setsockopt_string(zmq.SUBSCRIBE, topic)
         try:
             self._sock.connect(endpoint)
@@ -115,7 +119,7 @@ class Viewer:
     def close(self) -> None:
         """Close the socket and context."""
         self._sock.close(linger=0)
-        self._ctx.term()
+        self._ctx.destroy(linger=0)
 
     # receiving -------------------------------------------------------------------------------------------------------
 

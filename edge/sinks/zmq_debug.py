@@ -255,7 +255,11 @@ class DebugSink:
                 return
             self._stop = True
             self._cond.notify()
-        self._thread.join(timeout=5.0)
+        self._thread.join(timeout=10.0)
+        if self._thread.is_alive():
+            # Closing a socket another thread is using aborts the process (ZeroMQ asserts): leak it instead.
+            log.warning("debug_stream_close_timeout", action="socket left open until exit")
+            return
         self._close_socket()
         log.info("debug_stream_closed", sent=self.sent, dropped=self.dropped, errors=self.errors)
 
@@ -274,7 +278,7 @@ class DebugSink:
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
-        self._ctx.term()
+        self._ctx.destroy(linger=0)
 
     def _run(self) -> None:
         bind_thread(stage="debug")

@@ -158,6 +158,32 @@ class TestViewSnapshot:
         strip = img[top + 2 * FRAME + 18 :]
         assert strip.shape[0] > 20 and strip.reshape(-1, 3).std(axis=0).max() > 10, "failed-frame strip is empty"
 
+    def test_snapshot_over_curve(self, tmp_path: Path) -> None:
+        """With CURVE keys on both sides the viewer receives; the client key must be among the allowed ones."""
+        import zmq.auth
+
+        server_pub, server_sec = zmq.auth.create_certificates(tmp_path, "server")
+        clients = tmp_path / "clients"
+        clients.mkdir()
+        client_pub, client_sec = zmq.auth.create_certificates(tmp_path, "viewer")
+        Path(client_pub).rename(clients / "viewer.key")
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        out = tmp_path / "curve.png"
+        config = DebugConfig(enabled=True, bind=endpoint, fps=50, curve_secret_key=Path(server_sec),
+                             curve_clients_dir=clients)
+        cmd = view_cmd(endpoint, out, "--frames", "2", "--timeout", "20", "--curve-server-key", server_pub,
+                       "--curve-client-key", client_sec)
+        viewer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with DebugSink(config) as sink:
+            seq = 0
+            while viewer.poll() is None and seq < 2000:
+                publish_frame(sink, seq)
+                seq += 1
+                time.sleep(0.02)
+        output = viewer.communicate(timeout=30)[0]
+        assert viewer.returncode == 0, output
+        assert cv2.imread(str(out)) is not None
+
     def test_snapshot_times_out_without_daemon(self, tmp_path: Path) -> None:
         """With nothing publishing, the snapshot mode exits 1 with a message naming the endpoint."""
         endpoint = f"tcp://127.0.0.1:{free_port()}"

@@ -84,7 +84,7 @@ systemctl_() {
 
 if [ "$UNINSTALL" = 1 ]; then
     if [ -n "$ROOT" ]; then
-        systemctl --root="$ROOT" disable inspectd.service >/dev/null 2>&1 || true
+        rm -f "$UNIT_DIR/multi-user.target.wants/inspectd.service"
     elif systemctl list-unit-files inspectd.service >/dev/null 2>&1; then
         systemctl disable --now inspectd.service 2>/dev/null || true
     fi
@@ -185,7 +185,9 @@ fi
 # 6. Enable; restart only if asked or if it was already running (an upgrade).
 systemctl_ daemon-reload
 if [ -n "$ROOT" ]; then
-    systemctl --root="$ROOT" enable inspectd.service  # offline: only makes the WantedBy= symlink
+    # Offline, what `systemctl enable` does for WantedBy=multi-user.target (no systemctl needed in a staging tree).
+    install -d -m 0755 "$UNIT_DIR/multi-user.target.wants"
+    ln -sfn /etc/systemd/system/inspectd.service "$UNIT_DIR/multi-user.target.wants/inspectd.service"
 else
     systemctl enable inspectd.service
 fi

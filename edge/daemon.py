@@ -25,6 +25,7 @@ from edge.bundle import load_bundle
 from edge.config import Config, load_config
 from edge.errors import ConfigError
 from edge.log import get_logger
+from edge.notify import enable_faulthandler
 from edge.pipeline import Pipeline
 from edge.seq import SeqCounter
 from edge.sources import open_source
@@ -50,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `inspectd run`; ConfigError/BundleError propagate to the CLI, which exits 2."""
+    enable_faulthandler()  # a watchdog SIGABRT (or a hang while loading) dumps every thread's stack
     logging_setup.configure()
     if args.max_frames is not None and args.max_frames < 1:
         msg = f"--max-frames must be >= 1, got {args.max_frames}"
@@ -112,7 +114,10 @@ def run_daemon(
         msg = "pipeline.mode = 'triggered' needs MQTT (triggers arrive on <prefix>/trigger); set mqtt.enabled = true"
         raise ConfigError(msg)
     stats = PipelineStats()
+    notifier = Notifier()
     bundle = load_bundle(config.model.bundle)
+    if config.model.backend == "tensorrt":
+        notifier.extend_timeout(120.0)  # deserialising an engine and capturing CUDA graphs can take a while
     backend = load_backend(bundle, config.model)
     stats.backend = backend.name
     sinks: list[Sink] = []
@@ -121,7 +126,6 @@ def run_daemon(
     source = None
     watchdog_stop = threading.Event()
     seq = SeqCounter(config.mqtt.spool_dir / SEQ_STATE if config.mqtt.enabled else None)
-    notifier = Notifier()
     result: dict[str, Any] = {}
     pipeline: Pipeline | None = None
     close_by = [float("inf")]  # monotonic deadline for closing the sinks, set when shutdown starts

@@ -66,6 +66,7 @@ class PipelineStats:
         self.frames_captured = 0
         self.frames_skipped = 0
         self.verdicts: dict[str, int] = {"pass": 0, "fail": 0, "error": 0}
+        self.last_verdict: str | None = None
         self.camera_reconnects = 0
         self.camera_outages = 0
         self.queue_depths: dict[str, int] = {}
@@ -93,6 +94,7 @@ class PipelineStats:
         with self._lock:
             self.verdicts[kind] = self.verdicts.get(kind, 0) + 1
             self._verdict_times.append(now)
+            self.last_verdict = kind
 
     def camera_outage(self) -> None:
         """Count one camera outage (reported once, however many retries)."""
@@ -160,6 +162,7 @@ class PipelineStats:
                 "frames_captured": self.frames_captured,
                 "frames_skipped": self.frames_skipped,
                 "verdicts": dict(self.verdicts),
+                "last_verdict": self.last_verdict,
                 "camera_reconnects": self.camera_reconnects,
                 "camera_outages": self.camera_outages,
                 "queue_depths": dict(self.queue_depths),

@@ -8,7 +8,7 @@ verdict too: a part is never passed without an inspection.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -61,9 +61,24 @@ class Verdict:
             raise ValueError(msg)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["regions"] = [asdict(r) | {"bbox": list(r.bbox)} for r in self.regions]
-        return out
+        """Plain dict in schema order; built by hand because `dataclasses.asdict` deep-copies (hot path)."""
+        return {
+            "seq": self.seq,
+            "frame_id": self.frame_id,
+            "ts": self.ts,
+            "verdict": self.verdict,
+            "score": self.score,
+            "threshold": self.threshold,
+            "latency_ms": self.latency_ms,
+            "model": dict(self.model),
+            "source": self.source,
+            "part_id": self.part_id,
+            "regions": [
+                {"bbox": list(r.bbox), "area_px": r.area_px, "max_score": r.max_score, "mean_score": r.mean_score}
+                for r in self.regions
+            ],
+            "error": self.error,
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))

@@ -83,6 +83,10 @@ class MqttSink:
         self.stats_topic = f"{self.prefix}/stats"
         self.trigger_topic = f"{self.prefix}/trigger"
         self._v5 = config.protocol == "5"
+        self._result_props: Any = None  # built once: paho's Properties cost ~0.5 ms each
+        if self._v5:
+            self._result_props = Properties(PacketTypes.PUBLISH)
+            self._result_props.ContentType = "application/json"
         self._info_payload = json.dumps(info, separators=(",", ":"), default=str).encode()
         self._stats = stats
         self._roi = roi
@@ -209,10 +213,7 @@ class MqttSink:
         return not stale or time.monotonic() - self._connected_at > _STALE_GRACE_S
 
     def _send_record(self, record: Record) -> None:
-        props = None
-        if self._v5:
-            props = Properties(PacketTypes.PUBLISH)
-            props.ContentType = "application/json"
+        props = self._result_props
         if self._send(self.result_topic, record.payload, self.config.qos, props=props, rid=record.rid) is None:
             self._spool.rewind(record.rid)  # not taken by paho (QoS 0 while disconnected): send it again later
 

@@ -35,7 +35,7 @@ def pixel_auroc(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> floa
     edges = _threshold_grid(maps)
     pos = np.zeros(len(edges), np.int64)
     neg = np.zeros(len(edges), np.int64)
-    for mask, amap in zip(masks, maps):
+    for mask, amap in zip(masks, maps, strict=True):
         defect = np.asarray(mask).astype(bool)
         amap = np.asarray(amap)
         pos += _counts_ge(amap[defect], edges)
@@ -61,7 +61,7 @@ def aupro(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], fpr_limit: fl
     neg = np.zeros(len(edges), np.int64)
     overlap_sum = np.zeros(len(edges), np.float64)
     regions = 0
-    for mask, amap in zip(masks, maps):
+    for mask, amap in zip(masks, maps, strict=True):
         amap = np.asarray(amap)
         defect = np.asarray(mask).astype(np.uint8)
         neg += _counts_ge(amap[defect == 0], edges)
@@ -143,7 +143,7 @@ def _check_pairs(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> Non
     if len(masks) != len(maps) or not masks:
         msg = f"need one mask per map and at least one of each, got {len(masks)} masks and {len(maps)} maps"
         raise ValueError(msg)
-    for i, (mask, amap) in enumerate(zip(masks, maps)):
+    for i, (mask, amap) in enumerate(zip(masks, maps, strict=True)):
         if np.shape(mask) != np.shape(amap):
             msg = f"mask {i} has shape {np.shape(mask)} but its map has {np.shape(amap)}"
             raise ValueError(msg)

@@ -35,6 +35,8 @@ class _Strict(BaseModel):
 
 
 class InputSpec(_Strict):
+    """The one input the daemon feeds: uint8 NHWC images of a fixed size in the declared colour order."""
+
     name: str = INPUT_NAME
     dtype: Literal["uint8"] = "uint8"
     layout: Literal["NHWC"] = "NHWC"
@@ -64,12 +66,16 @@ class Thresholds(_Strict):
 
 
 class TrainingSummary(_Strict):
+    """Which good images the model learned from, so a bundle can be traced back to its data."""
+
     category: str = ""
     images: int = 0
     hash: str = Field("", description="SHA-256 over the sorted training file names and bytes.")
 
 
 class Int8Flavour(_Strict):
+    """An INT8 Q/DQ model in the bundle, for one runtime, with the accuracy and speed it was admitted on."""
+
     file: str
     target: Literal["cpu", "tensorrt"]
     quant: str = Field(description="e.g. 'QDQ S8S8 symmetric per-channel' or 'QDQ U8S8 reduce_range'.")
@@ -81,6 +87,8 @@ class Int8Flavour(_Strict):
 
 
 class EngineInfo(_Strict):
+    """A TensorRT engine: tied to the TensorRT version and GPU it was built with, so both are recorded."""
+
     file: str
     precision: Literal["fp16", "int8", "fp32"]
     tensorrt_version: str
@@ -92,6 +100,8 @@ class EngineInfo(_Strict):
 
 
 class BundleMeta(_Strict):
+    """Everything in bundle.json."""
+
     schema_version: int
     name: str
     inspectd_version: str = __version__
@@ -119,6 +129,7 @@ class Bundle(BaseModel):
 
     @property
     def onnx_path(self) -> Path:
+        """The FP32 graph every backend can run."""
         return self.path / "model.onnx"
 
     @property
@@ -127,6 +138,7 @@ class Bundle(BaseModel):
         return self.meta.files.get("model.onnx", "")[:12]
 
     def file(self, name: str) -> Path:
+        """Path of a file in the bundle folder."""
         return self.path / name
 
 

@@ -37,6 +37,8 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
+    """[model]: which bundle runs, on which backend, and how."""
+
     bundle: Path = Field(Path("var/bundle"), description="Model bundle folder (model.onnx + bundle.json).")
     backend: Literal["onnxruntime", "tensorrt"] = Field(
         "onnxruntime", description='Inference backend: "onnxruntime" (CPU, or CUDA EP when installed) or "tensorrt".'
@@ -52,10 +54,14 @@ class ModelConfig(Section):
         2.0, ge=0, le=1000, description="How long to wait for more queued frames to fill a batch (max_batch > 1)."
     )
     slots: int = Field(2, ge=2, le=3, description="TensorRT: ring of pinned-memory slots in flight at once.")
-    cuda_graphs: bool = Field(True, description="TensorRT: capture copy+enqueue as CUDA graphs, falling back if capture fails.")
+    cuda_graphs: bool = Field(
+        True, description="TensorRT: capture copy+enqueue as CUDA graphs, falling back if capture fails."
+    )
 
 
 class SourceConfig(Section):
+    """[source]: where frames come from, and how camera loss is handled."""
+
     kind: Literal["folder", "video", "v4l2", "rtsp", "gstreamer"] = Field(
         "folder", description='Frame source: "folder", "video", "v4l2", "rtsp" (also http), "gstreamer".'
     )
@@ -66,7 +72,9 @@ class SourceConfig(Section):
     name: str = Field("cam0", description="Camera name, carried in every verdict and log line.")
     glob: str = Field("*", description='folder: file name pattern, e.g. "*.png" (files are taken in sorted order).')
     loop: bool = Field(False, description="folder/video: start again at the end instead of stopping.")
-    fps: float = Field(0.0, ge=0, le=1000, description="folder/video: pace frames at this rate (0 = as fast as inference).")
+    fps: float = Field(
+        0.0, ge=0, le=1000, description="folder/video: pace frames at this rate (0 = as fast as inference)."
+    )
     roi: tuple[int, int, int, int] | None = Field(
         None, description="Optional crop [x, y, w, h] in frame pixels, applied before resizing to the model input."
     )
@@ -89,6 +97,8 @@ class SourceConfig(Section):
 
 
 class PipelineConfig(Section):
+    """[pipeline]: continuous or triggered inspection, queues and shutdown."""
+
     mode: Literal["continuous", "triggered"] = Field(
         "continuous",
         description='"continuous": judge frames as they come, skipping (and counting) when behind; '
@@ -104,11 +114,15 @@ class PipelineConfig(Section):
 
 
 class PostprocessConfig(Section):
+    """[postprocess]: how the mask becomes defect regions."""
+
     min_area: int = Field(16, ge=0, description="Defect regions smaller than this (in model-input pixels) are dropped.")
     max_regions: int = Field(16, ge=0, le=256, description="At most this many regions (the largest) per verdict.")
 
 
 class MqttConfig(Section):
+    """[mqtt]: the broker, topics, security and the store-and-forward spool."""
+
     enabled: bool = Field(True, description="Publish verdicts over MQTT.")
     host: str = Field("127.0.0.1", description="Broker host name or address.")
     port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual for TLS).")
@@ -122,22 +136,32 @@ class MqttConfig(Section):
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive.")
     reconnect_min_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay to the broker.")
     reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Longest reconnect delay to the broker.")
-    username: str = Field("", description="User name; the password comes from INSPECTD_MQTT__PASSWORD or the "
-                          "systemd credential mqtt_password, never from this file.")
+    username: str = Field(
+        "",
+        description="User name; the password comes from INSPECTD_MQTT__PASSWORD or the "
+        "systemd credential mqtt_password, never from this file.",
+    )
     password: SecretStr | None = Field(None, description="Secret: env or credentials only.", exclude=True)
     tls: bool = Field(False, description="Connect with TLS.")
     tls_ca: Path | None = Field(None, description="CA certificate (PEM) that signed the broker's certificate.")
     tls_cert: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
-    tls_key: Path | None = Field(None, description="Client key (PEM); its passphrase comes from INSPECTD_MQTT__TLS_KEY_PASSWORD "
-                                 "or the credential mqtt_tls_key_password.")
+    tls_key: Path | None = Field(
+        None,
+        description="Client key (PEM); its passphrase comes from INSPECTD_MQTT__TLS_KEY_PASSWORD "
+        "or the credential mqtt_tls_key_password.",
+    )
     tls_key_password: SecretStr | None = Field(None, description="Secret: env or credentials only.", exclude=True)
     publish_mask: Literal["fail", "always", "never"] = Field(
         "fail", description="Publish the mask PNG on <prefix>/mask for failed frames, every frame, or never."
     )
     stats_interval_s: float = Field(10.0, gt=0, le=3600, description="Period of <prefix>/stats messages.")
     max_inflight: int = Field(100, ge=1, le=65535, description="QoS>0 messages in flight before waiting for acks.")
-    spool_dir: Path = Field(Path("var/spool"), description="Store-and-forward spool for verdicts while the broker is down.")
-    spool_max_mb: float = Field(256.0, gt=0, description="Spool size cap; at the cap the oldest verdicts are dropped, loudly.")
+    spool_dir: Path = Field(
+        Path("var/spool"), description="Store-and-forward spool for verdicts while the broker is down."
+    )
+    spool_max_mb: float = Field(
+        256.0, gt=0, description="Spool size cap; at the cap the oldest verdicts are dropped, loudly."
+    )
     spool_fsync: Literal["always", "batch", "never"] = Field(
         "batch", description='"always": fsync every record; "batch": at most every 100 ms; "never": leave it to the OS.'
     )
@@ -162,10 +186,14 @@ class MqttConfig(Section):
 
 
 class DebugConfig(Section):
+    """[debug]: the ZeroMQ stream for `inspectd view`."""
+
     enabled: bool = Field(False, description="Publish frames + heatmaps for `inspectd view` over ZeroMQ.")
     bind: str = Field("tcp://127.0.0.1:5556", description="ZeroMQ PUB endpoint. Loopback unless you mean otherwise.")
     fps: float = Field(5.0, gt=0, le=120, description="Most debug frames per second sent.")
-    hwm: int = Field(4, ge=1, le=1000, description="ZeroMQ send high-water mark: a slow viewer loses frames, not speed.")
+    hwm: int = Field(
+        4, ge=1, le=1000, description="ZeroMQ send high-water mark: a slow viewer loses frames, not speed."
+    )
     jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality of debug frames.")
     curve_secret_key: Path | None = Field(
         None, description="CURVE server secret key file (zmq.auth format); required when bind is not loopback."
@@ -174,12 +202,16 @@ class DebugConfig(Section):
 
 
 class MetricsConfig(Section):
+    """[metrics]: the Prometheus endpoint."""
+
     enabled: bool = Field(True, description="Serve Prometheus metrics over HTTP.")
     host: str = Field("127.0.0.1", description="Metrics bind address; loopback unless configured.")
     port: int = Field(9108, ge=1, le=65535, description="Metrics HTTP port.")
 
 
 class LogConfig(Section):
+    """[log]: level and format."""
+
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     format: Literal["auto", "json", "console"] = Field(
         "auto", description='"auto": JSON lines when stderr is not a terminal, coloured console when it is.'
@@ -222,7 +254,7 @@ def load_config(path: Path | str | None = None, *, base_dir: Path | None = None)
     running `inspectd run --config /etc/inspectd/config.toml` from anywhere expects paths relative to where they are.
 
     Raises:
-        ConfigError: with one line per problem, each naming the key path (e.g. `mqtt.port: must be 1..65535, got 70000`).
+        ConfigError: one line per problem, each naming the key path, e.g. `mqtt.port: must be 1..65535, got 70000`.
     """
     data: dict[str, Any] = {}
     if path is not None:

@@ -1,5 +1,6 @@
-"""The one result type: a `Verdict` per frame (what the PLC sees), wrapped in an `Inspection` for sinks that also
-need pixels (mask PNG topic, debug stream).
+"""The one result type: a `Verdict` per frame (what the PLC sees).
+
+Sinks that also need pixels (mask PNG topic, debug stream) get it wrapped in an `Inspection`.
 
 Every frame gets exactly one verdict, numbered by a gap-free `seq`, so a subscriber can see a gap. `error` is a
 verdict too: a part is never passed without an inspection.
@@ -81,6 +82,7 @@ class Verdict:
         }
 
     def to_json(self) -> str:
+        """Compact JSON, as published on <prefix>/result."""
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
 

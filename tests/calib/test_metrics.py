@@ -11,9 +11,9 @@ def brute_force_aupro(masks, maps, fpr_limit=0.3):
     import cv2
 
     values = np.unique(np.concatenate([m.ravel() for m in maps]))
-    good = np.concatenate([a[m == 0] for m, a in zip(masks, maps)])
+    good = np.concatenate([a[m == 0] for m, a in zip(masks, maps, strict=False)])
     regions = []
-    for m, a in zip(masks, maps):
+    for m, a in zip(masks, maps, strict=False):
         n, lab = cv2.connectedComponents(m.astype(np.uint8), connectivity=8)
         regions += [a[lab == k] for k in range(1, n)]
     points = [(0.0, 0.0)]

@@ -1,0 +1,160 @@
+"""SSIM autoencoder: shapes, SSIM, training, reproducibility and ONNX parity on tiny images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from detectors import ssim_ae  # noqa: E402
+from detectors.ssim_ae.model import SSIMMap  # noqa: E402
+from detectors.ssim_ae.train import lr_factor  # noqa: E402
+
+# constant lr: 30 steps are too few for warm-up plus cosine decay to show a falling loss
+TINY = {"width": 8, "depth": 3, "latent": 8, "batch_size": 4, "crop_size": 32, "lr": 3e-3, "schedule": "constant"}
+
+
+def _stripes(n: int = 3, size: int = 48) -> np.ndarray:
+    """Good images: a noisy stripe texture, BGR uint8 (n, size, size, 3)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    base = 128 + 80 * np.sin(xx / 3.0)
+    imgs = [np.clip(base + rng.normal(0, 8, base.shape), 0, 255) for _ in range(n)]
+    return np.stack([np.stack([im] * 3, axis=-1) for im in imgs]).astype(np.uint8)
+
+
+def _fit(model: torch.nn.Module, steps: int, seed: int = 0) -> dict:
+    params = {**ssim_ae.DEFAULTS, **TINY, "steps": steps}
+    return ssim_ae.fit(
+        model, _stripes(), params=params, seed=seed, max_minutes=None, device=torch.device("cpu"), progress=False
+    )
+
+
+class TestSSIMMap:
+    """The conv-based local SSIM."""
+
+    def test_identical_images_score_one(self) -> None:
+        """SSIM of an image with itself is 1 everywhere."""
+        x = torch.rand(2, 1, 24, 24)
+        assert torch.allclose(SSIMMap()(x, x), torch.ones(2, 1, 24, 24), atol=1e-4)
+
+    def test_different_images_score_lower(self) -> None:
+        """SSIM of an image with an unrelated one is well below 1."""
+        g = torch.Generator().manual_seed(0)
+        a, b = torch.rand(1, 1, 24, 24, generator=g), torch.rand(1, 1, 24, 24, generator=g)
+        assert SSIMMap()(a, b).mean() < 0.5
+
+
+class TestSSIMAutoencoder:
+    """The SSIMAutoencoder module's eval forward and build checks."""
+
+    @pytest.mark.parametrize(
+        ("channels", "residual", "size"),
+        [
+            (1, "ssim", (32, 32)),  # the paper's setting
+            (3, "l2", (40, 56)),  # RGB, L2 residual, size not a multiple of the stride (padded and cropped)
+        ],
+    )
+    def test_eval_forward_shapes(self, channels: int, residual: str, size: tuple[int, int]) -> None:
+        """Eval forward returns float32 score (B,) and map (B, 1, H, W) at the input size."""
+        model = ssim_ae.build({**TINY, "channels": channels, "residual": residual}, size).eval()
+        with torch.no_grad():
+            score, amap = model(torch.rand(2, 3, *size))
+        assert score.shape == (2,)
+        assert amap.shape == (2, 1, *size)
+        assert score.dtype == amap.dtype == torch.float32
+
+    def test_rejects_unknown_residual(self) -> None:
+        """An unknown residual name fails at build time with the value in the message."""
+        with pytest.raises(ValueError, match="cosine"):
+            ssim_ae.build({"residual": "cosine"}, (32, 32))
+
+
+class TestFit:
+    """ssim_ae.fit: training on good images."""
+
+    def test_loss_falls(self) -> None:
+        """A few dozen steps on a stripe texture lower the SSIM loss."""
+        log = _fit(ssim_ae.build(TINY, (48, 48)), steps=30)
+        assert log["steps"] == 30
+        assert len(log["loss"]) == 30
+        assert np.mean(log["loss"][-5:]) < 0.8 * np.mean(log["loss"][:5])
+
+    def test_reproducible(self) -> None:
+        """The same seed gives the same losses and weights."""
+        a, b = ssim_ae.build(TINY, (48, 48)), ssim_ae.build(TINY, (48, 48))
+        a.load_state_dict(b.state_dict())
+        la, lb = _fit(a, steps=3, seed=7), _fit(b, steps=3, seed=7)
+        assert la["loss"] == lb["loss"]
+        for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+            assert torch.equal(pa, pb)
+
+    def test_wall_clock_budget_stops(self) -> None:
+        """A zero-minute budget stops after the first step."""
+        model = ssim_ae.build(TINY, (48, 48))
+        params = {**ssim_ae.DEFAULTS, **TINY, "steps": 1000}
+        log = ssim_ae.fit(
+            model, _stripes(), params=params, seed=0, max_minutes=0.0, device=torch.device("cpu"), progress=False
+        )
+        assert log["steps"] == 1
+        assert log["minutes"] >= 0
+        assert not model.training
+
+    def test_rejects_float_images(self) -> None:
+        """Training images must be uint8 BGR; anything else fails with the found dtype."""
+        with pytest.raises(ValueError, match="float64"):
+            ssim_ae.fit(
+                ssim_ae.build(TINY, (48, 48)),
+                np.zeros((1, 48, 48, 3)),
+                params=TINY,
+                seed=0,
+                max_minutes=None,
+                device=torch.device("cpu"),
+                progress=False,
+            )
+
+
+class TestLrFactor:
+    """The learning-rate schedule shared by ssim_ae and draem."""
+
+    def test_warmup_then_cosine_floor(self) -> None:
+        """The factor ramps up over the warm-up, is ~1 early, and ends at the 2 % floor when the budget is spent."""
+        assert lr_factor(0, 0.0, "cosine") == pytest.approx(1 / 20)
+        assert lr_factor(50, 0.01, "cosine") == pytest.approx(1.0, abs=1e-3)
+        assert lr_factor(500, 1.0, "cosine") == pytest.approx(0.02)
+        assert lr_factor(500, 1.0, "constant") == 1.0
+
+    def test_rejects_unknown_schedule(self) -> None:
+        """An unknown schedule name fails with the value in the message."""
+        with pytest.raises(ValueError, match="linear"):
+            lr_factor(0, 0.0, "linear")
+
+
+class TestOnnx:
+    """Export of an SSIMAutoencoder to ONNX."""
+
+    def test_export_parity_dynamic_batch(self, tmp_path: Path) -> None:
+        """The ONNX graph (opset 17, dynamic batch) matches torch within 1e-4 at another batch size."""
+        ort = pytest.importorskip("onnxruntime")
+        model = ssim_ae.build(TINY, (32, 32)).eval()
+        path = tmp_path / "ssim_ae.onnx"
+        with torch.no_grad():
+            torch.onnx.export(
+                model,
+                (torch.rand(1, 3, 32, 32),),
+                str(path),
+                input_names=["x"],
+                output_names=["score", "map"],
+                opset_version=17,
+                dynamo=False,
+                dynamic_axes={"x": {0: "b"}, "score": {0: "b"}, "map": {0: "b"}},
+            )
+            x = torch.rand(3, 3, 32, 32)
+            score, amap = model(x)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        o_score, o_map = sess.run(None, {"x": x.numpy()})
+        np.testing.assert_allclose(o_score, score.numpy(), atol=1e-4)
+        np.testing.assert_allclose(o_map, amap.numpy(), atol=1e-4)

@@ -13,7 +13,7 @@ from detectors import ssim_ae  # noqa: E402
 from detectors.ssim_ae.model import SSIMMap  # noqa: E402
 from detectors.ssim_ae.train import lr_factor  # noqa: E402
 
-# constant lr: 30 steps are too few for warm-up plus cosine decay to show a falling loss
+# constant lr: 60 steps are too few for warm-up plus cosine decay to show a falling loss
 TINY = {"width": 8, "depth": 3, "latent": 8, "batch_size": 4, "crop_size": 32, "lr": 3e-3, "schedule": "constant"}
 
 
@@ -78,10 +78,11 @@ class TestFit:
 
     def test_loss_falls(self) -> None:
         """A few dozen steps on a stripe texture lower the SSIM loss."""
-        log = _fit(ssim_ae.build(TINY, (48, 48)), steps=30)
-        assert log["steps"] == 30
-        assert len(log["loss"]) == 30
-        assert np.mean(log["loss"][-5:]) < 0.8 * np.mean(log["loss"][:5])
+        torch.manual_seed(0)  # initial weights come from torch's global generator
+        log = _fit(ssim_ae.build(TINY, (48, 48)), steps=60)
+        assert log["steps"] == 60
+        assert len(log["loss"]) == 60
+        assert np.mean(log["loss"][-5:]) < 0.6 * np.mean(log["loss"][:5])
 
     def test_reproducible(self) -> None:
         """The same seed gives the same losses and weights."""

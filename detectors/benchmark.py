@@ -1,0 +1,213 @@
+"""`inspectd benchmark-detectors`: train and evaluate every detector on every built category, one Markdown table.
+
+Each (detector, category) run trains with a wall-clock budget of `--minutes` (PaDiM needs one pass and stops
+earlier), then evaluates on the category's test set. Checkpoints, metric JSONs and heatmap grids go to `--work`;
+the table is rewritten after every run, so an interrupted benchmark still leaves the rows it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from detectors import DETECTORS
+
+PRETRAINED = {"padim"}  # detectors that use pretrained (ImageNet) weights
+
+
+def find_categories(data: Path) -> list[Path]:
+    """Category folders under `data` (those with train/good), sorted with elpv_poly last."""
+    cats = sorted(p for p in data.iterdir() if (p / "train" / "good").is_dir())
+    return sorted(cats, key=lambda p: (p.name.startswith("elpv"), p.name))
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def render_table(rows: list[dict], header: str) -> str:
+    """Markdown: one row per (detector, category), then means over the texture categories (those with masks)."""
+    lines = [
+        header,
+        "",
+        "| detector | category | image AUROC | pixel AUROC | AUPRO | image AUROC (subtle) | train min | ms/image |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['detector']} | {r['category']} | error: {r['error']} | | | | | |")
+            continue
+        lines.append(
+            f"| {r['detector']} | {r['category']} | {_fmt(r['image_auroc'])} | {_fmt(r['pixel_auroc'])} | "
+            f"{_fmt(r['aupro'])} | {_fmt(r.get('image_auroc_subtle'))} | {r['train_minutes']:.2f} | "
+            f"{r['ms_per_image']:.0f} |"
+        )
+    lines += [
+        "",
+        "| detector | textures | mean image AUROC | mean pixel AUROC | mean AUPRO | mean image AUROC (subtle) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for det in dict.fromkeys(r["detector"] for r in rows):
+        tex = [r for r in rows if r["detector"] == det and "error" not in r and r["pixel_auroc"] is not None]
+        if not tex:
+            continue
+        mean = {
+            k: float(np.mean([r[k] for r in tex if r.get(k) is not None]))
+            for k in ("image_auroc", "pixel_auroc", "aupro", "image_auroc_subtle")
+            if any(r.get(k) is not None for r in tex)
+        }
+        lines.append(
+            f"| {det} | {len(tex)} | {_fmt(mean.get('image_auroc'))} | {_fmt(mean.get('pixel_auroc'))} | "
+            f"{_fmt(mean.get('aupro'))} | {_fmt(mean.get('image_auroc_subtle'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def benchmark(
+    data: Path,
+    *,
+    minutes: float,
+    out: Path,
+    work: Path,
+    detectors: list[str],
+    categories: list[str] | None,
+    size: int = 256,
+    seed: int = 0,
+    command: str = "",
+    params: dict[str, dict] | None = None,
+    append: bool = False,
+) -> list[dict]:
+    """Run every detector on every category; returns the result rows (also written to `out` and `out`.json).
+
+    `params` maps detector -> parameter overrides. With `append`, rows already in `out`.json for other
+    (detector, category) pairs are kept, so detectors can be benchmarked in separate sessions into one table.
+    """
+    import torch
+
+    from detectors.evaluate import evaluate_checkpoint
+    from detectors.train import train_detector
+
+    cats = [c for c in find_categories(data) if categories is None or c.name in categories]
+    header = (
+        f"Produced by `{command or 'inspectd benchmark-detectors'}` "
+        f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{platform.machine()} CPU, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+        f"{size}x{size} input, training budget {minutes:g} min per run, seed {seed}. "
+        f"Pretrained weights: {', '.join(sorted(PRETRAINED & set(detectors))) or 'none'}."
+    )
+    rows: list[dict] = []
+    previous = out.with_suffix(".json")
+    if append and previous.is_file():
+        rerun = {(d, c.name) for d in detectors for c in cats}
+        rows = [r for r in json.loads(previous.read_text()) if (r["detector"], r["category"]) not in rerun]
+    for cat in cats:
+        for det in detectors:
+            ckpt = work / cat.name / f"{det}.pt"
+            print(f"== {det} on {cat.name}", flush=True)
+            start = time.monotonic()
+            try:
+                result = train_detector(
+                    det,
+                    cat,
+                    ckpt,
+                    size=size,
+                    seed=seed,
+                    max_minutes=minutes,
+                    progress=False,
+                    params=(params or {}).get(det),
+                )
+                metrics = evaluate_checkpoint(
+                    ckpt, cat, json_path=work / cat.name / f"{det}.json", grid=work / cat.name / f"{det}_grid.png"
+                )
+                row = {
+                    **metrics,
+                    "train_minutes": float(result.log.get("minutes", 0.0)),
+                    "train_steps": int(result.log.get("steps", 0)),
+                }
+            except Exception as exc:  # noqa: BLE001 (one failed run must not lose the others)
+                traceback.print_exc()
+                row = {"detector": det, "category": cat.name, "error": f"{type(exc).__name__}: {exc}"[:200]}
+            row["wall_minutes"] = (time.monotonic() - start) / 60
+            rows.append(row)
+            rows.sort(key=lambda r: (r["detector"], r["category"].startswith("elpv"), r["category"]))
+            keys = ("image_auroc", "pixel_auroc", "aupro", "train_minutes", "error")
+            print({k: row.get(k) for k in keys}, flush=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(render_table(rows, header))
+            out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the benchmark options."""
+    parser.add_argument("--data", required=True, type=Path, help="folder of built categories (inspectd dataset build)")
+    parser.add_argument("--minutes", type=float, default=3.0, help="training budget per (detector, category) run")
+    parser.add_argument("--out", type=Path, default=Path("var/bench/detectors.md"), help="Markdown table to write")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("var/bench/detectors"),
+        help="checkpoints, metric JSONs and heatmap grids go here",
+    )
+    parser.add_argument("--detectors", nargs="+", default=list(DETECTORS), choices=sorted(DETECTORS), metavar="NAME")
+    parser.add_argument("--categories", nargs="+", default=None, metavar="NAME", help="default: every category found")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="DETECTOR:KEY=VALUE",
+        help="override a detector parameter for every category (repeatable)",
+    )
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="keep rows of other detector/category pairs from an earlier run's <out>.json",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and print the table."""
+    import importlib
+
+    from detectors.train import TrainError, parse_params
+
+    per_detector: dict[str, list[str]] = {}
+    for item in args.param:
+        det, sep, kv = item.partition(":")
+        if not sep or det not in DETECTORS:
+            msg = f"--param {item!r}: expected DETECTOR:KEY=VALUE with DETECTOR one of {sorted(DETECTORS)}"
+            raise TrainError(msg)
+        per_detector.setdefault(det, []).append(kv)
+    params = {d: parse_params(kvs, importlib.import_module(DETECTORS[d]).DEFAULTS) for d, kvs in per_detector.items()}
+    cmd = " ".join(
+        [
+            "inspectd benchmark-detectors",
+            f"--data {args.data}",
+            f"--minutes {args.minutes:g}",
+            *(f"--param {p}" for p in args.param),
+        ]
+    )
+    rows = benchmark(
+        args.data,
+        minutes=args.minutes,
+        out=args.out,
+        work=args.work,
+        detectors=list(args.detectors),
+        categories=args.categories,
+        size=args.size,
+        seed=args.seed,
+        command=cmd,
+        params=params,
+        append=args.append,
+    )
+    print(args.out.read_text())
+    return 1 if any("error" in r for r in rows) else 0

@@ -1,0 +1,93 @@
+"""PaDiM: a multivariate Gaussian per feature-map patch, anomaly = Mahalanobis distance (Defard et al. 2020).
+
+Multi-scale features of a pretrained CNN (strides 4, 8, 16, each smoothed by a 3x3 mean so a patch sees its
+neighbourhood) are resampled to stride 8 and concatenated; a fixed random subset of `d` channels is kept. Training
+stores, per patch, the mean and the inverse covariance as buffers, so the Mahalanobis distance runs inside the
+exported ONNX graph. The distance map is upsampled to the input size and Gaussian-smoothed; the image score is its
+maximum.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from detectors.backbones import FeatureExtractor
+
+STRIDE = 8
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """1-D Gaussian kernel, radius 4 sigma, normalised to sum 1."""
+    radius = max(1, int(math.ceil(4 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    return k / k.sum()
+
+
+class Padim(nn.Module):
+    """Patch-wise Gaussian over CNN features; forward(x RGB [0, 1]) -> (score (B,), anomaly_map (B, 1, H, W))."""
+
+    def __init__(self, params: dict, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        h, w = input_size
+        if h % STRIDE or w % STRIDE:
+            msg = f"padim input size must be a multiple of {STRIDE}, found {h}x{w}"
+            raise ValueError(msg)
+        self.input_size = (h, w)
+        self.grid = (h // STRIDE, w // STRIDE)
+        self.backbone = FeatureExtractor(params["backbone"])
+        total = sum(self.backbone.channels)
+        d = int(params["d"])
+        if not 0 < d <= total:
+            msg = f"padim d must satisfy 0 < d <= {total} for backbone {params['backbone']}, found {d}"
+            raise ValueError(msg)
+        # One Gaussian per patch position, or one shared by all positions (stationary textures: every position sees
+        # the same statistics, so sharing multiplies the samples per Gaussian by the number of patches).
+        patches = 1 if params.get("shared") else self.grid[0] * self.grid[1]
+        gen = torch.Generator().manual_seed(int(params.get("channel_seed", 0)))
+        self.register_buffer("index", torch.randperm(total, generator=gen)[:d].sort().values)
+        self.register_buffer("mean", torch.zeros(patches, d))
+        self.register_buffer("inv_cov", torch.eye(d).repeat(patches, 1, 1))
+        self.register_buffer("kernel", gaussian_kernel(float(params["sigma"])))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Embedding (B, d, gh, gw): multi-scale features at stride 8, the chosen channel subset."""
+        maps = self.backbone(x)
+        gh, gw = self.grid
+        out = []
+        for stride, m in zip((4, 8, 16), maps, strict=True):
+            m = F.avg_pool2d(m, 3, stride=1, padding=1, count_include_pad=False)
+            # Static kernel and sizes (not adaptive pooling): ONNX export needs shapes known at trace time.
+            if stride < STRIDE:
+                m = F.avg_pool2d(m, STRIDE // stride, stride=STRIDE // stride)
+            elif stride > STRIDE:
+                m = F.interpolate(m, size=(gh, gw), mode="bilinear", align_corners=False)
+            out.append(m)
+        return torch.cat(out, dim=1).index_select(1, self.index)
+
+    def distance(self, emb: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis distance per patch, (B, gh, gw)."""
+        b, d, gh, gw = emb.shape
+        diff = emb.flatten(2).permute(2, 0, 1) - self.mean.unsqueeze(1)  # (P, B, d)
+        left = torch.matmul(diff, self.inv_cov)  # (P, B, d): batched over patches, no copy of inv_cov per image
+        m2 = (left * diff).sum(-1).clamp_min(0)  # (P, B)
+        return m2.sqrt().transpose(0, 1).reshape(b, gh, gw)
+
+    def smooth(self, amap: torch.Tensor) -> torch.Tensor:
+        """Separable Gaussian blur with reflect padding, (B, 1, H, W)."""
+        r = self.kernel.numel() // 2
+        kx = self.kernel.view(1, 1, 1, -1)
+        ky = self.kernel.view(1, 1, -1, 1)
+        amap = F.conv2d(F.pad(amap, (r, r, 0, 0), mode="replicate"), kx)
+        return F.conv2d(F.pad(amap, (0, 0, r, r), mode="replicate"), ky)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw image score (B,) and anomaly map (B, 1, H, W) at input size."""
+        dist = self.distance(self.features(x)).unsqueeze(1)
+        amap = F.interpolate(dist, size=self.input_size, mode="bilinear", align_corners=False)
+        amap = self.smooth(amap)
+        return amap.flatten(1).amax(1), amap

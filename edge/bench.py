@@ -19,11 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pwd
 import resource
-import shutil
-import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -38,6 +34,7 @@ import cv2
 import numpy as np
 
 from edge.errors import ConfigError
+from edge.local_broker import run_mosquitto
 from edge.log import get_logger
 
 if TYPE_CHECKING:
@@ -45,7 +42,6 @@ if TYPE_CHECKING:
     from edge.config import Config
 
 log = get_logger(__name__)
-MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -181,52 +177,6 @@ def write_frames(folder: Path, n: int, height: int, width: int, images: Path | N
         cv2.imwrite(str(path), img)
         out.append(path)
     return out
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def temporary_broker(workdir: Path) -> Iterator[tuple[str, int]]:
-    """A Mosquitto on a free 127.0.0.1 port, anonymous, no persistence; yields (host, port)."""
-    binary = next((b for b in (shutil.which(c) or c for c in MOSQUITTO_CANDIDATES) if os.access(b, os.X_OK)), None)
-    if binary is None:
-        msg = "bench needs a broker: install mosquitto (apt-get install mosquitto) or pass --config with [mqtt]"
-        raise ConfigError(msg)
-    port = _free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        f"user {pwd.getpwuid(os.getuid()).pw_name}\nlog_dest none\nmax_queued_messages 100000\n",
-        encoding="utf-8",
-    )
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                msg = f"mosquitto exited with {proc.returncode}: {err.strip()}"
-                raise ConfigError(msg)
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    msg = f"mosquitto did not listen on 127.0.0.1:{port} within 10 s"
-                    raise ConfigError(msg) from None
-                time.sleep(0.02)
-        yield "127.0.0.1", port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _mqtt_client(config: Config, name: str) -> Any:
@@ -562,7 +512,8 @@ def _broker_for(config: Config, work: Path, *, use_configured: bool) -> Iterator
     if use_configured:
         yield f"{config.mqtt.host}:{config.mqtt.port} (configured)"
         return
-    with temporary_broker(work) as (host, port):
+    with run_mosquitto() as port:
+        host = "127.0.0.1"
         config.mqtt.host = host
         config.mqtt.port = port
         config.mqtt.transport = "tcp"

@@ -28,10 +28,8 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -46,13 +44,13 @@ from edge import render
 from edge.bundle import Bundle, load_bundle
 from edge.config import Config
 from edge.errors import BundleError, InspectdError
+from edge.local_broker import free_port, mosquitto_binary, reachable, run_mosquitto
 from edge.log import configure as configure_logging
 
 DEFAULT_CATEGORY = "brick"
 DEFAULT_DETECTOR = "padim"
 IMAGE_SIZE = 256  # side of the sample images written by the dataset builder
 COUNTS = {"train": 60, "test_good": 40, "test_defective": 30}  # test split: half calibration, half stream
-MOSQUITTO = "/usr/sbin/mosquitto"
 MAX_SHEET = 16  # failed frames on the failed.png contact sheet (the HTML report has them all)
 
 
@@ -254,21 +252,6 @@ def write_stream(paths: Paths, category: Path, frames: int, seed: int = 7) -> li
 # broker -----------------------------------------------------------------------------------------------------------
 
 
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.3):
-            return True
-    except OSError:
-        return False
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class BrokerInfo:
     """Where the demo's broker is and what it speaks."""
@@ -285,12 +268,12 @@ def local_broker(paths: Paths, choice: str = "auto") -> Iterator[BrokerInfo]:
 
     `choice` forces "mosquitto" or "embedded" (amqtt, installed with the `demo` extra).
     """
-    if choice == "auto" and _reachable("127.0.0.1", 1883):
+    if choice == "auto" and reachable("127.0.0.1", 1883):
         yield BrokerInfo("127.0.0.1", 1883, "5", "existing broker on 127.0.0.1:1883")
         return
-    binary = shutil.which("mosquitto") or MOSQUITTO
-    if choice in ("auto", "mosquitto") and os.access(binary, os.X_OK):
-        with _mosquitto(paths, binary) as port:
+    if choice in ("auto", "mosquitto") and mosquitto_binary() is not None:
+        paths.logs.mkdir(parents=True, exist_ok=True)
+        with run_mosquitto(log_path=paths.logs / "mosquitto.log") as port:
             yield BrokerInfo("127.0.0.1", port, "5", f"Mosquitto started by the demo on 127.0.0.1:{port}")
         return
     if choice in ("auto", "embedded") and importlib.util.find_spec("amqtt") is not None:
@@ -305,34 +288,6 @@ def local_broker(paths: Paths, choice: str = "auto") -> Iterator[BrokerInfo]:
         "or start any broker on 127.0.0.1:1883; then run the demo again"
     )
     raise DemoError(msg)
-
-
-@contextlib.contextmanager
-def _mosquitto(paths: Paths, binary: str) -> Iterator[int]:
-    """Mosquitto on a free loopback port with a throwaway config; its log goes to logs/mosquitto.log."""
-    port = free_port()
-    paths.logs.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="inspectd-demo-broker-") as tmp:
-        conf = Path(tmp) / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n", encoding="utf-8")
-        log = (paths.logs / "mosquitto.log").open("wb")
-        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 10
-            while not _reachable("127.0.0.1", port):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    msg = f"Mosquitto did not start on 127.0.0.1:{port}; see {paths.logs / 'mosquitto.log'}"
-                    raise DemoError(msg)
-                time.sleep(0.05)
-            yield port
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
 
 
 @contextlib.contextmanager

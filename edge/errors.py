@@ -48,3 +48,7 @@ class DeviceLostError(BackendError):
 
     The daemon gives the frames in flight `error` verdicts and exits non-zero, for systemd to restart it.
     """
+
+
+class BrokerError(InspectdError):
+    """Raised when a local Mosquitto (for `inspectd demo` / `inspectd bench`) cannot be found or started."""

@@ -29,17 +29,22 @@ def _widths(base: int, levels: int) -> list[int]:
     return [base * min(2**i, 8) for i in range(levels)]
 
 
+def _encoder(channels: int, widths: list[int]) -> tuple[nn.ModuleList, int]:
+    """One conv block per resolution level (the forward pools between them); returns the blocks and last width."""
+    blocks = nn.ModuleList()
+    for w in widths:
+        blocks.append(_block(channels, w))
+        channels = w
+    return blocks, channels
+
+
 class Reconstructive(nn.Module):
     """Encoder-decoder without skip connections: it has to rebuild the image from a compressed code."""
 
     def __init__(self, base: int, levels: int, channels: int = 3) -> None:
         super().__init__()
         ws = _widths(base, levels)
-        self.enc = nn.ModuleList()
-        cin = channels
-        for w in ws:
-            self.enc.append(_block(cin, w))
-            cin = w
+        self.enc, cin = _encoder(channels, ws)
         self.dec = nn.ModuleList()
         for w in reversed(ws[:-1]):
             self.dec.append(
@@ -63,11 +68,7 @@ class Discriminative(nn.Module):
     def __init__(self, base: int, levels: int, channels: int = 6) -> None:
         super().__init__()
         ws = _widths(base, levels)
-        self.enc = nn.ModuleList()
-        cin = channels
-        for w in ws:
-            self.enc.append(_block(cin, w))
-            cin = w
+        self.enc, cin = _encoder(channels, ws)
         self.up = nn.ModuleList()
         self.dec = nn.ModuleList()
         for w in reversed(ws[:-1]):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx_parity import assert_onnx_parity
 
 torch = pytest.importorskip("torch")
 
@@ -178,24 +179,6 @@ class TestOnnx:
     @pytest.mark.parametrize("downscale", [1, 2])
     def test_export_parity_dynamic_batch(self, tmp_path: Path, downscale: int) -> None:
         """The ONNX graph (opset 17, dynamic batch) matches torch within 1e-4 at another batch size."""
-        ort = pytest.importorskip("onnxruntime")
         model = draem.build({**TINY, "downscale": downscale}, (32, 32))
         _fit(model, steps=1)  # moves BatchNorm running stats off their defaults
-        path = tmp_path / "draem.onnx"
-        with torch.no_grad():
-            torch.onnx.export(
-                model,
-                (torch.rand(1, 3, 32, 32),),
-                str(path),
-                input_names=["x"],
-                output_names=["score", "map"],
-                opset_version=17,
-                dynamo=False,
-                dynamic_axes={"x": {0: "b"}, "score": {0: "b"}, "map": {0: "b"}},
-            )
-            x = torch.rand(3, 3, 32, 32)
-            score, amap = model(x)
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        o_score, o_map = sess.run(None, {"x": x.numpy()})
-        np.testing.assert_allclose(o_score, score.numpy(), atol=1e-4)
-        np.testing.assert_allclose(o_map, amap.numpy(), atol=1e-4)
+        assert_onnx_parity(model, tmp_path / "draem.onnx")

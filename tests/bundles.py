@@ -7,13 +7,17 @@ a region where the blob is.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from edge.bundle import INPUT_NAME, SCHEMA_VERSION, Bundle, BundleMeta, InputSpec, Thresholds, write_bundle
+from edge.config import Config
 
 OPSET = 17
 
@@ -75,3 +79,22 @@ def blob_frame(height: int, width: int, box: tuple[int, int, int, int] | None = 
         x, y, w, h = box
         frame[y : y + h, x : x + w] = 255
     return frame
+
+
+def tiny_daemon_config(tmp_path: Path, broker: Any, frames: list[np.ndarray]) -> Config:
+    """A daemon config for tests: the tiny bundle, a looping folder of `frames` paced at 50 fps, the test broker."""
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), frame)
+    config = Config()
+    config.model.bundle = bundle.path
+    config.model.threads = 1
+    config.source.uri = str(folder)
+    config.source.loop = True
+    config.source.fps = 50.0
+    config.mqtt.host, config.mqtt.port = broker.host, broker.port
+    config.mqtt.spool_dir = tmp_path / "spool"
+    config.mqtt.client_id = f"inspectd-{uuid.uuid4().hex[:8]}"
+    return config

@@ -7,19 +7,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge.config import Config, MetricsConfig
+from edge.config import MetricsConfig
 from edge.daemon import run_daemon
 from edge.health import serve_metrics
 from edge.stats import STAGES, PipelineStats
-from tests.bundles import blob_frame, make_tiny_bundle
+from tests.bundles import blob_frame, tiny_daemon_config
 from tests.conftest import Broker
 
 
@@ -143,20 +141,7 @@ class TestMetricsDuringRun:
 
     def test_scrape_running_daemon(self, broker: Broker, tmp_path: Path) -> None:
         """While frames flow, a scrape shows verdicts, the backend, a connected broker and per-stage latencies."""
-        bundle = make_tiny_bundle(tmp_path / "bundle")
-        frames = tmp_path / "frames"
-        frames.mkdir()
-        cv2.imwrite(str(frames / "dark.png"), blob_frame(64, 64))
-        cv2.imwrite(str(frames / "blob.png"), blob_frame(64, 64, (8, 8, 10, 10)))
-        config = Config()
-        config.model.bundle = bundle.path
-        config.model.threads = 1
-        config.source.uri = str(frames)
-        config.source.loop = True
-        config.source.fps = 50.0
-        config.mqtt.host, config.mqtt.port = broker.host, broker.port
-        config.mqtt.spool_dir = tmp_path / "spool"
-        config.mqtt.client_id = f"inspectd-{uuid.uuid4().hex[:8]}"
+        config = tiny_daemon_config(tmp_path, broker, [blob_frame(64, 64), blob_frame(64, 64, (8, 8, 10, 10))])
         config.metrics.port = free_port()
         stop = threading.Event()
         thread = threading.Thread(target=run_daemon, args=(config,), kwargs={"stop": stop}, daemon=True)

@@ -11,14 +11,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import pytest
 
 from edge.config import Config
 from edge.daemon import run_daemon
 from edge.notify import Notifier, stale_stages, start_watchdog, status_line
 from edge.stats import STAGES, PipelineStats
-from tests.bundles import blob_frame, make_tiny_bundle
+from tests.bundles import blob_frame, tiny_daemon_config
 from tests.conftest import Broker
 
 
@@ -278,19 +277,6 @@ class TestDaemonUnderSystemd:
 
 def daemon_config(tmp_path: Path, broker: Broker) -> Config:
     """A daemon config: the tiny bundle, a looping paced folder of dark frames, the test broker, no metrics."""
-    bundle = make_tiny_bundle(tmp_path / "bundle")
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for i in range(3):
-        cv2.imwrite(str(frames / f"{i}.png"), blob_frame(64, 64))
-    config = Config()
-    config.model.bundle = bundle.path
-    config.model.threads = 1
-    config.source.uri = str(frames)
-    config.source.loop = True
-    config.source.fps = 50.0
-    config.mqtt.host, config.mqtt.port = broker.host, broker.port
-    config.mqtt.spool_dir = tmp_path / "spool"
-    config.mqtt.client_id = f"inspectd-{uuid.uuid4().hex[:8]}"
+    config = tiny_daemon_config(tmp_path, broker, [blob_frame(64, 64)] * 3)
     config.metrics.enabled = False
     return config

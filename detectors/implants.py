@@ -67,15 +67,21 @@ def scratch(image: np.ndarray, rng: np.random.Generator, subtle: bool) -> tuple[
     return _apply(image, np.clip(target, 0, 255), canvas.astype(np.float32) / 255.0)
 
 
-def stain(image: np.ndarray, rng: np.random.Generator, subtle: bool) -> tuple[np.ndarray, np.ndarray]:
-    """A colour spot: an irregular blob tinted towards a colour; faint when subtle."""
-    k = _scale(image)
+def _placed_blob(image: np.ndarray, rng: np.random.Generator, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """An irregular blob of about `radius` at a random place: its soft field and its (never empty) inside mask."""
     h, w = image.shape[:2]
-    radius = (rng.uniform(12, 22) if subtle else rng.uniform(16, 36)) * k
     field = _blob((h, w), _centre(image, rng, radius + 4), radius, rng)
     inside = field > 0.5
     if not inside.any():
         inside[h // 2, w // 2] = True
+    return field, inside
+
+
+def stain(image: np.ndarray, rng: np.random.Generator, subtle: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A colour spot: an irregular blob tinted towards a colour; faint when subtle."""
+    k = _scale(image)
+    radius = (rng.uniform(12, 22) if subtle else rng.uniform(16, 36)) * k
+    field, inside = _placed_blob(image, rng, radius)
     colours = np.array([[40, 70, 140], [30, 30, 30], [150, 90, 40], [60, 150, 200], [200, 200, 210]], np.float32)
     colour = colours[rng.integers(len(colours))]
     strength = rng.uniform(0.12, 0.2) if subtle else rng.uniform(0.45, 0.7)
@@ -88,12 +94,8 @@ def stain(image: np.ndarray, rng: np.random.Generator, subtle: bool) -> tuple[np
 def hole(image: np.ndarray, rng: np.random.Generator, subtle: bool) -> tuple[np.ndarray, np.ndarray]:
     """A small irregular pit: dark and deep, or a shallow darkening when subtle."""
     k = _scale(image)
-    h, w = image.shape[:2]
     radius = (rng.uniform(5, 9) if subtle else rng.uniform(8, 18)) * k
-    field = _blob((h, w), _centre(image, rng, radius + 4), radius, rng)
-    inside = field > 0.5
-    if not inside.any():
-        inside[h // 2, w // 2] = True
+    _, inside = _placed_blob(image, rng, radius)
     factor = rng.uniform(0.55, 0.72) if subtle else rng.uniform(0.1, 0.25)
     target = image.astype(np.float32) * factor
     alpha = inside.astype(np.float32)

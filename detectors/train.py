@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,17 +66,6 @@ def pick_device(name: str | None):
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed every RNG training touches."""
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 (libraries may use the global RNG)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-
-
 def train_detector(
     detector: str,
     data: Path,
@@ -102,6 +90,8 @@ def train_detector(
     paths = list_images(Path(data) / "train" / "good")
     images = np.stack([read_image(p, (size, size)) for p in paths])
     torch_device = pick_device(device)
+    from detectors.training import seed_everything  # torch: imported only when training runs
+
     seed_everything(seed)
     model = module.build(merged, (size, size))
     start = time.monotonic()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.backends import cuda_mem as cm
-from edge.backends.trt import make_trt_logger, version_key
+from edge.backends.trt import import_tensorrt, make_trt_logger, version_key
 from edge.bundle import INPUT_NAME, BundleMeta, EngineInfo, load_bundle, write_bundle
 from edge.errors import BackendError, BundleError, MissingExtraError
 from edge.log import get_logger
@@ -150,16 +150,6 @@ def make_fp16_graph(bundle_dir: Path) -> Path:
     return out
 
 
-def _tensorrt() -> Any:
-    try:
-        import tensorrt as trt  # type: ignore[import-not-found]
-    except ImportError as exc:
-        msg = (f"`inspectd export --engine` needs TensorRT and an NVIDIA GPU; TensorRT is not installed here ({exc}). "
-               "Run it on the GPU box (JetPack's python3-libnvinfer, or pip install 'inspectd[gpu]')")
-        raise MissingExtraError(msg) from None
-    return trt
-
-
 def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed: bool) -> tuple[Any, Any]:
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     network = builder.create_network(1 << int(flag) if strongly_typed and flag is not None else 0)
@@ -187,7 +177,7 @@ def build_engine(bundle_dir: Path, *, precision: str = "fp16", max_batch: int = 
     bundle = load_bundle(bundle_dir)
     meta = bundle.meta
     shapes = profile_shapes(meta.input.height, meta.input.width, max_batch, opt_batch)
-    trt = _tensorrt()
+    trt = import_tensorrt("`inspectd export --engine`", MissingExtraError)  # run it on the GPU box
     gpu = cm.device_info(0)
     plan = plan_build(meta, precision, trt.__version__, has_fp16_flag=hasattr(trt.BuilderFlag, "FP16"),
                       has_strongly_typed=hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"))

@@ -12,7 +12,7 @@ from torch import nn
 from detectors.draem.model import Draem
 from detectors.draem.synth import synthesize
 from detectors.ssim_ae.model import SSIMMap
-from detectors.ssim_ae.train import images_to_tensor, lr_factor, run_loop, sample_batch, seed_everything
+from detectors.training import lr_factor, run_loop, sample_batch, start_fit
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
@@ -54,14 +54,9 @@ def fit(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train `model` (a Draem) on good images; returns {"loss": [...], "steps": N, "minutes": m}."""
-    if not isinstance(model, Draem):
-        msg = f"draem.fit needs a Draem model, found {type(model).__name__}"
-        raise TypeError(msg)
     from detectors.draem import DEFAULTS
 
-    params = {**DEFAULTS, **params}
-    rng = seed_everything(seed)
-    data = images_to_tensor(images, getattr(model, "input_size", None))
+    params, rng, data = start_fit(model, Draem, "draem", DEFAULTS, params, seed, images)
     sources = np.ascontiguousarray(data.numpy().transpose(0, 2, 3, 1))
     ssim = SSIMMap(11, 1.5, 3).to(device)
     model.to(device).train()

@@ -68,22 +68,22 @@ class SSIMMap(nn.Module):
         return (num / den).mean(dim=1, keepdim=True)
 
 
-def _down(cin: int, cout: int) -> nn.Sequential:
+def _stage(resample: nn.Module, cout: int) -> nn.Sequential:
+    """A strided (down) or transposed (up) 4x4 conv, then a 3x3 conv, each with LeakyReLU."""
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 4, stride=2, padding=1),
+        resample,
         nn.LeakyReLU(0.2, inplace=True),
         nn.Conv2d(cout, cout, 3, padding=1),
         nn.LeakyReLU(0.2, inplace=True),
     )
+
+
+def _down(cin: int, cout: int) -> nn.Sequential:
+    return _stage(nn.Conv2d(cin, cout, 4, stride=2, padding=1), cout)
 
 
 def _up(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1),
-        nn.LeakyReLU(0.2, inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1),
-        nn.LeakyReLU(0.2, inplace=True),
-    )
+    return _stage(nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1), cout)
 
 
 class SSIMAutoencoder(nn.Module):

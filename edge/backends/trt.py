@@ -19,7 +19,7 @@ from edge.backends import cuda_mem as cm
 from edge.backends.ring import RingBackend
 from edge.bundle import INPUT_NAME, OUTPUT_NAMES, Bundle
 from edge.config import ModelConfig
-from edge.errors import BackendError, BundleError, DeviceLostError
+from edge.errors import BackendError, BundleError, DeviceLostError, InspectdError
 from edge.log import get_logger
 
 log = get_logger(__name__)
@@ -312,22 +312,23 @@ class TrtExecutor:
             self.ctx.close()
 
 
-def _import_tensorrt() -> Any:
+def import_tensorrt(purpose: str = 'model.backend = "tensorrt"', error: type[InspectdError] = BackendError) -> Any:
+    """Import TensorRT (10 or 11) for `purpose`, or raise `error` saying how to get it on this kind of box."""
     try:
         import tensorrt as trt  # type: ignore[import-not-found]
     except ImportError as exc:
-        msg = (f"TensorRT is not available ({exc}): on a Jetson it comes with JetPack (python3-libnvinfer), "
-               "on an x86 GPU box pip install 'inspectd[gpu]'")
-        raise BackendError(msg) from None
+        msg = (f"{purpose} needs TensorRT and an NVIDIA GPU; TensorRT is not available here ({exc}): on a Jetson it "
+               "comes with JetPack (python3-libnvinfer), on an x86 GPU box pip install 'inspectd[gpu]'")
+        raise error(msg) from None
     if version_key(trt.__version__) < (10,):
         msg = f"TensorRT {trt.__version__} is too old: inspectd needs TensorRT 10 or 11 (JetPack 6)"
-        raise BackendError(msg)
+        raise error(msg)
     return trt
 
 
 def load(bundle: Bundle, config: ModelConfig) -> RingBackend:
     """Check, deserialise and set up the bundle's engine (module entry point used by edge.backends.load_backend)."""
-    trt = _import_tensorrt()
+    trt = import_tensorrt()
     engine_file = check_engine_info(bundle, trt.__version__)
     gpu = cm.device_info(0)
     check_engine_info(bundle, trt.__version__, gpu)

@@ -146,21 +146,24 @@ def decode_header(parts: list[bytes]) -> tuple[str, dict[str, Any]]:
     return parts[0].decode("utf-8", "replace"), header
 
 
+def _decode_part(data: bytes, flags: int, what: str, kind: str) -> np.ndarray | None:
+    """An image part of a debug message; None when empty (the part was not sent)."""
+    if not data:
+        return None
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None:
+        msg = f"{what} is not a decodable {kind} ({len(data)} bytes)"
+        raise DebugStreamError(msg)
+    return image
+
+
 def decode_message(parts: list[bytes]) -> DebugFrame:
     """Decode all four parts; the heatmap comes back on the normalised scale (threshold = 1.0)."""
     topic, header = decode_header(parts)
-    frame = None
-    if parts[2]:
-        frame = cv2.imdecode(np.frombuffer(parts[2], np.uint8), cv2.IMREAD_COLOR)
-        if frame is None:
-            msg = f"debug message seq {header['seq']}: frame part is not a decodable JPEG ({len(parts[2])} bytes)"
-            raise DebugStreamError(msg)
+    frame = _decode_part(parts[2], cv2.IMREAD_COLOR, f"debug message seq {header['seq']}: frame part", "JPEG")
+    level = _decode_part(parts[3], cv2.IMREAD_UNCHANGED, f"debug message seq {header['seq']}: heatmap part", "PNG")
     amap = None
-    if parts[3]:
-        level = cv2.imdecode(np.frombuffer(parts[3], np.uint8), cv2.IMREAD_UNCHANGED)
-        if level is None:
-            msg = f"debug message seq {header['seq']}: heatmap part is not a decodable PNG ({len(parts[3])} bytes)"
-            raise DebugStreamError(msg)
+    if level is not None:
         amap = level.astype(np.float32) * (float(header.get("heatmap_max", HEATMAP_MAX)) / 255.0)
     return DebugFrame(topic=topic, header=header, frame=frame, anomaly_map=amap)
 

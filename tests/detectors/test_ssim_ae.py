@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from detectors import ssim_ae  # noqa: E402
 from detectors.ssim_ae.model import SSIMMap  # noqa: E402
-from detectors.ssim_ae.train import lr_factor  # noqa: E402
+from detectors.training import lr_factor  # noqa: E402
 
 # constant lr: 60 steps are too few for warm-up plus cosine decay to show a falling loss
 TINY = {"width": 8, "depth": 3, "latent": 8, "batch_size": 4, "crop_size": 32, "lr": 3e-3, "schedule": "constant"}

@@ -219,7 +219,7 @@ class TestBuildEngineHere:
         """On a box without TensorRT the build stops with one line saying what is missing and where to run it."""
         with pytest.raises(MissingExtraError) as info:
             build_engine(bundle.path, precision="fp16", max_batch=2)
-        assert "TensorRT is not installed" in str(info.value) and "\n" not in str(info.value)
+        assert "needs TensorRT and an NVIDIA GPU" in str(info.value) and "\n" not in str(info.value)
         assert not (bundle.path / ENGINE_FILE).exists()
 
     def test_bad_arguments_fail_before_tensorrt(self, bundle):

@@ -309,7 +309,10 @@ class DebugSink:
                     jpeg_quality=self.config.jpeg_quality,
                     counters={"sent": self.sent + 1, "dropped": self.dropped},
                 )
-                self._sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                # copy=True on purpose: zero-copy sends of large parts go through pyzmq's garbage-collector thread,
+                # and terminating the context while it still holds them aborted the process (seen in the tests).
+                # A debug frame is ~100 KB at a few fps; the copy costs nothing that matters.
+                self._sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=True)
                 self.sent += 1
             except zmq.Again:
                 self.dropped += 1  # PUB drops at the HWM rather than raising, but be safe

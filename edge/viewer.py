@@ -100,7 +100,7 @@ class Viewer:
         self._arrivals: deque[tuple[float, int]] = deque(maxlen=64)  # (monotonic, seq)
         self._last_view: np.ndarray | None = None
         keys = _client_keys(curve_server_key, curve_client_key) if curve_server_key is not None else None
-        self._ctx = zmq.Context()
+        self._ctx = zmq.Context.instance()  # shared, never terminated: see edge/sinks/zmq_debug.py
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.RCVHWM, 16)
@@ -117,9 +117,8 @@ class Viewer:
             raise ConfigError(msg) from None
 
     def close(self) -> None:
-        """Close the socket and context."""
+        """Close the socket (the shared context stays)."""
         self._sock.close(linger=0)
-        self._ctx.destroy(linger=0)
 
     # receiving -------------------------------------------------------------------------------------------------------
 

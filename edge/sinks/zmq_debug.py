@@ -189,7 +189,10 @@ class DebugSink:
                 "(debug.curve_secret_key and debug.curve_clients_dir)"
             )
             raise ConfigError(msg)
-        self._ctx = zmq.Context()
+        # The process-wide context, never terminated by us: terminating a context while a stalled subscriber's
+        # TCP pipe is still being torn down aborted the process inside libzmq (seen in the tests). Sockets are
+        # closed with LINGER 0, so nothing is left queued.
+        self._ctx = zmq.Context.instance()
         self._auth: ThreadAuthenticator | None = None
         self._sock = self._ctx.socket(zmq.PUB)
         try:
@@ -281,7 +284,6 @@ class DebugSink:
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
-        self._ctx.destroy(linger=0)
 
     def _run(self) -> None:
         bind_thread(stage="debug")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,11 +65,16 @@ def receive_one(sock: zmq.Socket, sink: DebugSink, seq0: int = 0, timeout: float
 
 
 @pytest.fixture
-def ctx() -> zmq.Context:
-    """A private ZeroMQ context, terminated after the test."""
-    context = zmq.Context()
+def ctx() -> Iterator[zmq.Context]:
+    """The process-wide ZeroMQ context the sink uses too; sockets a test leaves open are closed, the context is not.
+
+    Terminating a context while a stalled peer's pipe is being torn down can abort the process inside libzmq.
+    """
+    context = zmq.Context.instance()
+    before = set(context._sockets)  # noqa: SLF001 - pyzmq keeps a weak set of the context's sockets
     yield context
-    context.destroy(linger=0)  # closes sockets a failed test left open, so teardown cannot hang
+    for sock in set(context._sockets) - before:  # noqa: SLF001
+        sock.close(linger=0)
 
 
 def loopback(**kw: object) -> DebugConfig:

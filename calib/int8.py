@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from calib.metrics import image_auroc, pixel_auroc
-from edge.bundle import INPUT_NAME, Int8Flavour
+from edge.bundle import Int8Flavour
+from edge.contract import INPUT_NAME, THRESHOLD_INITIALIZERS
 from edge.log import get_logger
-from export.names import THRESHOLD_INITIALIZERS
 from export.runtime import paired_latency, run_model
 
 if TYPE_CHECKING:

@@ -16,8 +16,8 @@ import numpy as np
 
 from calib.metrics import f1_max
 from edge.bundle import Thresholds
+from edge.contract import THRESHOLD_INITIALIZERS
 from edge.errors import DatasetError, InspectdError
-from export.names import THRESHOLD_INITIALIZERS
 
 MIN_GOOD = 20  # below this the max (or a quantile) of good scores says little about the next thousand parts
 DEFAULT_MARGIN = 1.1

@@ -313,7 +313,8 @@ def bench_daemon(config: Config, files: list[Path], folder: Path, fps: float = 0
 def bench_naive(bundle: Bundle, config: Config, files: list[Path]) -> dict[str, Any]:
     """(c) read -> preprocess -> infer -> judge -> publish QoS 1 and wait for the ack, one frame at a time."""
     from edge.backends import load_backend
-    from edge.postprocess import THRESHOLD, find_regions, judge
+    from edge.contract import THRESHOLD
+    from edge.postprocess import find_regions, judge
     from edge.preprocess import preprocess
     from edge.sinks.mqtt import mask_png
     from edge.sources.files import _imread

@@ -5,8 +5,8 @@ without knowing which detector made it. Every file is listed with its SHA-256 in
 refuses a bundle whose files do not match, whose schema version is unknown, or whose input is not the uint8 NHWC
 image the daemon feeds.
 
-Graph contract (see export/): input `image` uint8 (B, H, W, 3) in `input.color_order`; outputs `score` (B,) and
-`anomaly_map` (B, 1, H, W) float32 normalised so the image threshold is 1.0, and `mask` (B, 1, H, W) uint8 {0, 1}.
+The graph contract itself (input `image` uint8 NHWC in `input.color_order`; `score`, `anomaly_map`, `mask` out,
+normalised so the image threshold is 1.0) is edge/contract.py.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge import __version__
+from edge.contract import CHANNELS, INPUT_DTYPE, INPUT_LAYOUT, INPUT_NAME, OUTPUT_NAMES, InputDtype, InputLayout
 from edge.errors import BundleError
 
 SCHEMA_VERSION = 1
 BUNDLE_JSON = "bundle.json"
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("score", "anomaly_map", "mask")
 
 
 class _Strict(BaseModel):
@@ -38,11 +37,11 @@ class InputSpec(_Strict):
     """The one input the daemon feeds: uint8 NHWC images of a fixed size in the declared colour order."""
 
     name: str = INPUT_NAME
-    dtype: Literal["uint8"] = "uint8"
-    layout: Literal["NHWC"] = "NHWC"
+    dtype: InputDtype = INPUT_DTYPE
+    layout: InputLayout = INPUT_LAYOUT
     height: int = Field(gt=0, le=8192)
     width: int = Field(gt=0, le=8192)
-    channels: Literal[3] = 3
+    channels: Literal[3] = CHANNELS
     color_order: Literal["BGR", "RGB"] = "BGR"
 
 

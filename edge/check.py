@@ -25,11 +25,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edge.backends import ModelOutputs, load_backend
 from edge.backends import cuda_mem as cm
+from edge.backends import load_backend
 from edge.backends.trt import version_key
 from edge.bundle import Bundle, load_bundle
 from edge.config import Config, ModelConfig, MqttConfig, load_config
+from edge.contract import THRESHOLD, ModelOutputs
 from edge.errors import InspectdError
 from edge.log import configure
 
@@ -304,7 +305,7 @@ def _run_backend(bundle: Bundle, name: str, model: ModelConfig, images: np.ndarr
 def compare_item(trt_out: ModelOutputs, ort_out: ModelOutputs) -> Item:
     """Largest anomaly-map difference and pass/fail agreement of TensorRT against ONNX Runtime."""
     diff = float(np.max(np.abs(trt_out.anomaly_map.astype(np.float32) - ort_out.anomaly_map)))
-    same = int(np.sum((trt_out.score >= 1.0) == (ort_out.score >= 1.0)))
+    same = int(np.sum((trt_out.score >= THRESHOLD) == (ort_out.score >= THRESHOLD)))
     n = len(ort_out.score)
     ok = diff <= MAX_MAP_DIFF and same >= MIN_AGREEMENT * n
     detail = (f"max map difference {diff:.4g} (limit {MAX_MAP_DIFF}), verdicts agree on {same}/{n} frames "

@@ -30,16 +30,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from edge.contract import THRESHOLD
 from edge.log import bind_thread, get_logger
-from edge.postprocess import THRESHOLD, find_regions, judge
+from edge.postprocess import find_regions, judge
 from edge.preprocess import Geometry, preprocess
 from edge.seq import SeqCounter
 from edge.sources import Frame
 from edge.verdict import Inspection, Verdict
 
 if TYPE_CHECKING:
-    from edge.backends import Backend, ModelOutputs, Slot
+    from edge.backends import Backend, Slot
     from edge.config import Config
+    from edge.contract import ModelOutputs
     from edge.sinks import Sink
     from edge.sources import Source
     from edge.stats import PipelineStats

@@ -9,10 +9,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from edge.contract import THRESHOLD
 from edge.preprocess import Geometry
 from edge.verdict import Region, VerdictKind
-
-THRESHOLD = 1.0  # normalised image threshold: the graph maps the calibrated raw threshold here
 
 
 def find_regions(

@@ -21,9 +21,10 @@ from edge.bundle import (
     TrainingSummary,
     write_bundle,
 )
+from edge.contract import OPSET
 from edge.errors import InspectdError
 from edge.log import get_logger
-from export.graph import OPSET, ExportWrapper, PostProcess, export_onnx
+from export.graph import ExportWrapper, PostProcess, export_onnx
 from export.parity import ParityReport, check_parity, parity_images
 
 log = get_logger(__name__)

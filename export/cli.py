@@ -12,9 +12,9 @@ import argparse
 from pathlib import Path
 
 from edge.bundle import BUNDLE_JSON, load_bundle
+from edge.contract import OPSET
 from edge.errors import BundleError, MissingExtraError
 
-DEFAULT_OPSET = 17
 MAX_BATCH = 64  # model.max_batch's upper bound
 
 
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="bundle folder to write (or, with --engine, to read)")
     parser.add_argument("--name", help="bundle name (default: the folder name)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default %(default)s)")
+    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (default %(default)s)")
     parser.add_argument("--datasets", type=Path, default=Path("var/datasets"), help="where category test sets live")
     parser.add_argument("--engine", action="store_true", help="also build a TensorRT engine (GPU box only)")
     parser.add_argument("--precision", choices=("fp16", "int8"), default="fp16", help="engine precision")

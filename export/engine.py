@@ -24,7 +24,8 @@ from typing import Any
 
 from edge.backends import cuda_mem as cm
 from edge.backends.trt import import_tensorrt, make_trt_logger, version_key
-from edge.bundle import INPUT_NAME, BundleMeta, EngineInfo, load_bundle, write_bundle
+from edge.bundle import BundleMeta, EngineInfo, load_bundle, write_bundle
+from edge.contract import INPUT_NAME, check_io
 from edge.errors import BackendError, BundleError, MissingExtraError
 from edge.log import get_logger
 
@@ -106,12 +107,15 @@ def engine_info(precision: str, trt_version: str, gpu: cm.DeviceInfo, shapes: Sh
 def check_network_inputs(inputs: list[tuple[str, tuple[int, ...]]], meta: BundleMeta, max_batch: int) -> None:
     """The parsed graph's inputs must be the one NHWC `image` of bundle.json's size, batch dynamic if max_batch > 1."""
     spec = meta.input
-    found = dict(inputs)
-    shape = found.get(INPUT_NAME)
-    if len(inputs) != 1 or shape is None or tuple(shape[1:]) != (spec.height, spec.width, 3):
+    found = {name: (None, shape) for name, shape in inputs}  # names and shapes only: the dtype is not checked here
+    problem = check_io(found, spec.height, spec.width, outputs=False) or (
+        None if len(inputs) == 1 else f"{len(inputs)} inputs"
+    )
+    if problem:
         msg = (f"the graph's inputs are {inputs}, expected one {INPUT_NAME!r} of shape "
-               f"[batch, {spec.height}, {spec.width}, 3] as bundle.json says; re-export the bundle")
+               f"[batch, {spec.height}, {spec.width}, 3] as bundle.json says ({problem}); re-export the bundle")
         raise BundleError(msg)
+    shape = found[INPUT_NAME][1]
     if shape[0] >= 0 and shape[0] != max_batch:
         msg = f"the graph's batch is fixed at {shape[0]}; export with a dynamic batch to build max batch {max_batch}"
         raise BundleError(msg)

@@ -14,10 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edge.bundle import INPUT_NAME
-from export.names import OPSET, OUTPUT_NAMES, THRESHOLD_INITIALIZERS
-
-__all__ = ["OPSET", "OUTPUT_NAMES", "THRESHOLD_INITIALIZERS", "ExportWrapper", "PostProcess", "export_onnx"]
+from edge.contract import INPUT_NAME, OPSET, OUTPUT_NAMES, THRESHOLD_INITIALIZERS
 
 
 class PostProcess(nn.Module):

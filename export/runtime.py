@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge.backends import ModelOutputs
-from edge.bundle import INPUT_NAME
+from edge.contract import INPUT_NAME, OUTPUT_NAMES, ModelOutputs
 
 
 def open_session(path: Path, threads: int = 2, *, optimize: bool = True) -> ort.InferenceSession:
@@ -33,7 +32,7 @@ def run_model(
 ) -> ModelOutputs:
     """Outputs of the graph for uint8 (N, H, W, 3) images, concatenated over batches of `batch`."""
     session = model if isinstance(model, ort.InferenceSession) else open_session(model, threads, optimize=optimize)
-    names = list(ModelOutputs._fields)
+    names = list(OUTPUT_NAMES)
     parts: list[list[np.ndarray]] = [[] for _ in names]
     for start in range(0, len(images), batch):
         outputs = session.run(names, {INPUT_NAME: np.ascontiguousarray(images[start : start + batch])})

@@ -16,10 +16,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from edge.bundle import INPUT_NAME, SCHEMA_VERSION, Bundle, BundleMeta, InputSpec, Thresholds, write_bundle
+from edge.bundle import SCHEMA_VERSION, Bundle, BundleMeta, InputSpec, Thresholds, write_bundle
 from edge.config import Config
-
-OPSET = 17
+from edge.contract import INPUT_NAME, OPSET
 
 
 def tiny_graph(height: int, width: int, threshold: float) -> onnx.ModelProto:

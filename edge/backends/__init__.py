@@ -16,23 +16,16 @@ is chosen by name and imported only when selected, so `tensorrt`/`pycuda` load o
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from edge.contract import ModelOutputs
 from edge.errors import BackendError
 
 if TYPE_CHECKING:
     from edge.bundle import Bundle
     from edge.config import ModelConfig
-
-
-class ModelOutputs(NamedTuple):
-    """What every backend returns; the field names are the ONNX output names (export takes them from here)."""
-
-    score: np.ndarray  # (B,) float32, normalised: 1.0 = calibrated image threshold
-    anomaly_map: np.ndarray  # (B, 1, H, W) float32, same scale
-    mask: np.ndarray  # (B, 1, H, W) uint8 {0, 1}
 
 
 class Slot(Protocol):

@@ -14,15 +14,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge.backends import ModelOutputs
-from edge.bundle import OUTPUT_NAMES, Bundle
+from edge.bundle import Bundle
 from edge.config import ModelConfig
+from edge.contract import ModelOutputs, check_io, output_contracts
 from edge.errors import BundleError
 from edge.log import get_logger
 
 log = get_logger(__name__)
-_DTYPES = {"score": np.float32, "anomaly_map": np.float32, "mask": np.uint8}
-_ORT_TYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}
+_ORT_TYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 @dataclass
@@ -31,7 +30,7 @@ class OrtSlot:
 
     index: int
     input: np.ndarray  # (max_batch, H, W, 3) uint8
-    outputs: tuple[np.ndarray, np.ndarray, np.ndarray]  # score, anomaly_map, mask at max_batch
+    outputs: tuple[np.ndarray, ...]  # score, anomaly_map, mask (contract order) at max_batch
     n: int = 0
     binding: object = field(default=None, repr=False)
 
@@ -77,16 +76,12 @@ class OrtBackend:
         self.provider = self.session.get_providers()[0]
         self.name = f"onnxruntime:{self.provider.removesuffix('ExecutionProvider').lower()}:{path.name}"
         self._check_io(bundle, path)
-        h, w = spec.height, spec.width
+        self._outputs = output_contracts(spec.height, spec.width)
         self._slots = [
             OrtSlot(
                 i,
-                np.zeros((self.max_batch, h, w, 3), np.uint8),
-                (
-                    np.zeros((self.max_batch,), np.float32),
-                    np.zeros((self.max_batch, 1, h, w), np.float32),
-                    np.zeros((self.max_batch, 1, h, w), np.uint8),
-                ),
+                np.zeros((self.max_batch, *self.input_shape), np.uint8),
+                tuple(np.zeros((self.max_batch, *c.shape), c.dtype) for c in self._outputs),
             )
             for i in range(config.slots)
         ]
@@ -98,19 +93,14 @@ class OrtBackend:
     def _check_io(self, bundle: Bundle, path: Path) -> None:
         """Refuse a model whose inputs/outputs are not the bundle contract (a wrong model.onnx dropped in)."""
         spec = bundle.meta.input
-        maps = (None, 1, spec.height, spec.width)
-        expected = {
-            spec.name: ("tensor(uint8)", (None, spec.height, spec.width, 3)),
-            "score": ("tensor(float)", (None,)),
-            "anomaly_map": ("tensor(float)", maps),
-            "mask": ("tensor(uint8)", maps),
+        found = {
+            a.name: (np.dtype(_ORT_TYPES[a.type]) if a.type in _ORT_TYPES else a.type, a.shape)
+            for a in [*self.session.get_inputs(), *self.session.get_outputs()]
         }
-        found = {a.name: (a.type, a.shape) for a in [*self.session.get_inputs(), *self.session.get_outputs()]}
-        for name, (dtype, shape) in expected.items():
-            problem = _mismatch(name, dtype, shape, found)
-            if problem:
-                msg = f"bundle {bundle.path}: {path.name} does not match the bundle contract: {problem}"
-                raise BundleError(msg)
+        problem = check_io(found, spec.height, spec.width, input_name=spec.name)
+        if problem:
+            msg = f"bundle {bundle.path}: {path.name} does not match the bundle contract: {problem}"
+            raise BundleError(msg)
         self._input_name = spec.name
 
     # Backend protocol -------------------------------------------------------------------------------------------
@@ -125,9 +115,9 @@ class OrtBackend:
             raise ValueError(msg)
         binding = self.session.io_binding()
         binding.bind_cpu_input(self._input_name, slot.input[:n])
-        for name, array in zip(OUTPUT_NAMES, slot.outputs, strict=True):
+        for contract, array in zip(self._outputs, slot.outputs, strict=True):
             view = array[:n]
-            binding.bind_output(name, "cpu", 0, _DTYPES[name], view.shape, view.ctypes.data)
+            binding.bind_output(contract.name, "cpu", 0, contract.dtype.type, view.shape, view.ctypes.data)
         slot.n = n
         self.session.run_with_iobinding(binding)
 
@@ -157,20 +147,6 @@ class OrtBackend:
     def close(self) -> None:
         """Drop the slots (the session goes with the object)."""
         self._slots.clear()
-
-
-def _mismatch(name: str, dtype: str, shape: tuple[int | None, ...], found: dict[str, tuple[str, list]]) -> str | None:
-    """What is wrong with tensor `name` (missing, dtype, rank, a fixed dim), or None. Symbolic dims match anything."""
-    if name not in found:
-        return f"has no tensor {name!r} (found {sorted(found)})"
-    got_type, got_shape = found[name]
-    if got_type != dtype:
-        return f"tensor {name!r} is {got_type}, expected {dtype}"
-    if len(got_shape) != len(shape) or any(
-        isinstance(g, int) and w is not None and g != w for g, w in zip(got_shape, shape, strict=True)
-    ):
-        return f"tensor {name!r} has shape {got_shape}, expected {['batch', *shape[1:]]} from bundle.json"
-    return None
 
 
 def load(bundle: Bundle, config: ModelConfig) -> OrtBackend:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edge.backends import ModelOutputs
+from edge.contract import ModelOutputs
 from edge.errors import BackendError, DeviceLostError
 from edge.log import get_logger
 

@@ -17,8 +17,9 @@ import numpy as np
 
 from edge.backends import cuda_mem as cm
 from edge.backends.ring import RingBackend
-from edge.bundle import INPUT_NAME, OUTPUT_NAMES, Bundle
+from edge.bundle import Bundle
 from edge.config import ModelConfig
+from edge.contract import INPUT_NAME, OUTPUT_NAMES, check_io
 from edge.errors import BackendError, BundleError, DeviceLostError, InspectdError
 from edge.log import get_logger
 
@@ -109,18 +110,11 @@ def plan_buffers(engine: Any, max_batch: int, profile: int = 0) -> list[TensorSp
 
 def check_contract(specs: list[TensorSpec], bundle: Bundle) -> None:
     """Refuse an engine whose tensors are not the bundle contract (uint8 image in; score, map, mask out)."""
-    h, w = bundle.meta.input.height, bundle.meta.input.width
-    want = {INPUT_NAME: ("uint8", (h, w, 3)), "score": ("float", ()), "anomaly_map": ("float", (1, h, w)),
-            "mask": ("uint8", (1, h, w))}
-    found = {s.name: s for s in specs}
-    for name, (kind, tail) in want.items():
-        spec = found.get(name)
-        ok_dtype = spec is not None and (spec.dtype.kind == "f" if kind == "float" else spec.dtype == np.uint8)
-        if spec is None or not ok_dtype or spec.shape[1:] != tail:
-            got = "missing" if spec is None else f"{spec.dtype} {list(spec.shape[1:])}"
-            msg = (f"bundle {bundle.path}: engine tensor {name!r} is {got}, expected {kind} [batch, *{list(tail)}] "
-                   f"(tensors: {sorted(found)}); {REBUILD}")
-            raise BundleError(msg)
+    problem = check_io({s.name: (s.dtype, s.shape) for s in specs}, bundle.meta.input.height,
+                       bundle.meta.input.width, half_floats=True)
+    if problem:
+        msg = f"bundle {bundle.path}: the engine does not match the bundle contract: {problem}; {REBUILD}"
+        raise BundleError(msg)
 
 
 def effective_max_batch(asked: int, profile: tuple[int, int, int]) -> int:

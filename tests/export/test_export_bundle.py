@@ -5,10 +5,11 @@ import onnx
 import pytest
 import torch
 
-from edge.bundle import BUNDLE_JSON, INPUT_NAME, load_bundle
+from edge.bundle import BUNDLE_JSON, load_bundle
+from edge.contract import INPUT_NAME, THRESHOLD_INITIALIZERS
 from edge.errors import BundleError
 from export.build import PROVISIONAL_METHOD, ExportError, export_bundle
-from export.graph import THRESHOLD_INITIALIZERS, ExportWrapper, PostProcess
+from export.graph import ExportWrapper, PostProcess
 from export.parity import MAP_TOLERANCE, check_parity, synthetic_images
 from export.runtime import run_model
 from tests.export.tinydet import SIZE, TinyDetector, make_category, tiny_meta

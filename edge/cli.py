@@ -17,11 +17,11 @@ from edge.errors import InspectdError, MissingExtraError
 # name -> (module, one-line help). Offline commands live beside their code and need the `train` extra.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("edge.daemon", "run the inspection daemon"),
-    "view": ("edge.viewer", "show the debug stream of a running daemon"),
-    "demo": ("edge.demo", "build a sample, train, export, calibrate and run the daemon end to end"),
-    "bench": ("edge.bench", "measure backend, daemon and naive-loop throughput on one bundle"),
-    "check": ("edge.check", "self-test a newly installed box (backends, camera, broker)"),
-    "config": ("edge.config_cli", "validate a config file and print the effective config"),
+    "view": ("edge.tools.viewer", "show the debug stream of a running daemon"),
+    "demo": ("edge.tools.demo", "build a sample, train, export, calibrate and run the daemon end to end"),
+    "bench": ("edge.tools.bench", "measure backend, daemon and naive-loop throughput on one bundle"),
+    "check": ("edge.tools.check", "self-test a newly installed box (backends, camera, broker)"),
+    "config": ("edge.tools.config_cli", "validate a config file and print the effective config"),
     "dataset": ("detectors.dataset_build", "build benchmark categories from packaged real images"),
     "train": ("detectors.train", "train a detector on good images"),
     "evaluate": ("detectors.evaluate", "evaluate a checkpoint on a test set"),

@@ -39,7 +39,6 @@ from zmq.auth.thread import ThreadAuthenticator
 from edge.config import DebugConfig
 from edge.errors import ConfigError, InspectdError
 from edge.log import bind_thread, get_logger
-from edge.render import HEATMAP_MAX  # map value sent as PNG level 255; the threshold (1.0) sits at mid-grey
 from edge.verdict import Inspection
 
 log = get_logger(__name__)
@@ -47,6 +46,7 @@ log = get_logger(__name__)
 TOPIC_PREFIX = "inspectd/debug"
 FORMAT_VERSION = 1
 MAX_SIDE = 1280  # debug JPEGs are downscaled to this longest side: cheaper to encode and to send
+HEATMAP_MAX = 2.0  # map value sent as PNG level 255 (and drawn at the top of the viewer's colour map); 1.0 is mid-grey
 
 
 class DebugStreamError(InspectdError):

@@ -242,7 +242,7 @@ class TestTypes:
     def test_mypy_passes_on_the_gpu_modules(self):
         """Mypy (missing tensorrt/pycuda stubs ignored) finds nothing in the GPU-path modules."""
         files = ["edge/backends/trt.py", "edge/backends/cuda_mem.py", "edge/backends/ring.py", "export/engine.py",
-                 "edge/check.py"]
+                 "edge/tools/check.py"]
         result = subprocess.run(
             [sys.executable, "-m", "mypy", "--follow-imports=silent", "--ignore-missing-imports", *files],
             cwd=REPO, capture_output=True, text=True, check=False, timeout=120,

@@ -40,12 +40,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge import render
 from edge.bundle import Bundle, load_bundle
 from edge.config import Config
 from edge.errors import BundleError, InspectdError
-from edge.local_broker import free_port, mosquitto_binary, reachable, run_mosquitto
 from edge.log import configure as configure_logging
+from edge.tools import render
+from edge.tools.local_broker import free_port, mosquitto_binary, reachable, run_mosquitto
 
 DEFAULT_CATEGORY = "brick"
 DEFAULT_DETECTOR = "padim"
@@ -395,7 +395,7 @@ def run_stream(config: Config, truths: list[Truth], broker: str, *, quiet: bool)
     import paho.mqtt.client as mqtt
 
     from edge.daemon import run_daemon
-    from edge.viewer import Viewer
+    from edge.tools.viewer import Viewer
 
     result = RunResult(broker=broker)
     lock = threading.Condition()

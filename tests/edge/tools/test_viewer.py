@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import render
 from edge.config import Config, DebugConfig
 from edge.sinks.zmq_debug import DebugSink
+from edge.tools import render
+from edge.tools.viewer import Viewer
 from edge.verdict import Inspection, Verdict
-from edge.viewer import Viewer
 from tests.bundles import blob_frame, make_tiny_bundle
 
 FRAME = 128  # stream frames are 128x128; the tiny bundle's model input is 64x64

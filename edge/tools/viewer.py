@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from edge import render
 from edge.errors import ConfigError, InspectdError
 from edge.log import get_logger
 from edge.sinks.zmq_debug import TOPIC_PREFIX, DebugFrame, DebugStreamError, _curve_keys, decode_header, decode_message
+from edge.tools import render
 
 log = get_logger(__name__)
 

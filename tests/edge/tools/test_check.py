@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.check import compare_item, sample_frames, video_io
 from edge.cli import main
 from edge.contract import ModelOutputs
+from edge.tools.check import compare_item, sample_frames, video_io
 from tests.bundles import blob_frame, make_tiny_bundle
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None

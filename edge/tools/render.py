@@ -1,4 +1,4 @@
-"""Pure drawing helpers shared by `inspectd view` and the demo report: no I/O, no state, numpy/OpenCV only.
+"""Pure drawing helpers shared by `inspectd view` and the demo report: no I/O, no state, numpy/OpenCV drawing.
 
 Everything takes and returns BGR uint8 images and never modifies its inputs. Verdict fields come as the plain dict
 of `Verdict.to_dict()` (which is also the debug-stream header), so the viewer and the demo draw from one format.
@@ -13,7 +13,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-HEATMAP_MAX = 2.0  # map value drawn at the top of the colour map; the threshold (1.0) sits in the middle
+from edge.contract import THRESHOLD
+from edge.sinks.zmq_debug import HEATMAP_MAX  # the debug stream's scale: the threshold sits mid-way up the colour map
+
 BANNER_H = 34
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -85,7 +87,7 @@ def banner_text(header: Mapping[str, Any]) -> str:
     kind = str(header.get("verdict", "?")).upper()
     if kind == "ERROR":
         return f"ERROR  {str(header.get('error') or '')[:60]}  seq {header.get('seq', '-')}"
-    score, threshold = fmt_num(header.get("score")), fmt_num(header.get("threshold", 1.0))
+    score, threshold = fmt_num(header.get("score")), fmt_num(header.get("threshold", THRESHOLD))
     return f"{kind}  score {score} / {threshold}  seq {header.get('seq', '-')}"
 
 

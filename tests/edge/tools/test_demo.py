@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import demo
+from edge.tools import demo
 from tests.bundles import blob_frame, make_tiny_bundle
 
 SIZE = 96

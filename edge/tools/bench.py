@@ -34,8 +34,8 @@ import cv2
 import numpy as np
 
 from edge.errors import ConfigError
-from edge.local_broker import run_mosquitto
 from edge.log import get_logger
+from edge.tools.local_broker import run_mosquitto
 
 if TYPE_CHECKING:
     from edge.bundle import Bundle

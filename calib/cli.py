@@ -15,11 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from calib.dataset import Sample, list_images, read_category, read_image, read_mask
 from calib.int8 import EvalSet, evaluate, make_flavours
 from calib.thresholds import MIN_GOOD, Scored, choose, describe, require_good, to_raw, write_thresholds
 from edge.bundle import Bundle, BundleMeta, Thresholds, load_bundle, write_bundle
 from edge.errors import DatasetError
+from edge.evaluation.dataset import Sample, list_images, read_category, read_image, read_mask
 from export.runtime import run_model
 
 

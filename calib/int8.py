@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from calib.metrics import image_auroc, pixel_auroc
 from edge.bundle import Int8Flavour
 from edge.contract import INPUT_NAME, THRESHOLD_INITIALIZERS
+from edge.evaluation.metrics import image_auroc, pixel_auroc
 from edge.log import get_logger
 from export.runtime import paired_latency, run_model
 

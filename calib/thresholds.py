@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from calib.metrics import f1_max
 from edge.bundle import Thresholds
 from edge.contract import THRESHOLD_INITIALIZERS
 from edge.errors import DatasetError, InspectdError
+from edge.evaluation.metrics import f1_max
 
 MIN_GOOD = 20  # below this the max (or a quantile) of good scores says little about the next thousand parts
 DEFAULT_MARGIN = 1.1

@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from calib import metrics
-from calib.dataset import Category, read_category, read_image, read_mask
+from edge.evaluation import metrics
+from edge.evaluation.dataset import Category, read_category, read_image, read_mask
 
 LATENCY_RUNS = 5
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from calib.dataset import list_images, read_image, tree_hash
 from detectors import DETECTORS
 from edge.errors import InspectdError
+from edge.evaluation.dataset import list_images, read_image, tree_hash
 
 
 class TrainError(InspectdError):

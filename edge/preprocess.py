@@ -1,8 +1,8 @@
 """Frame -> model input: optional ROI crop, resize straight into the backend's input slot, colour order.
 
 The resize writes into the backend-owned buffer (`slot.input[i]`), so there is no per-frame allocation beyond
-OpenCV's own scratch. INTER_AREA matches how the offline side (calib/dataset.read_image) shrinks images, so the
-daemon judges exactly what calibration measured. The returned `Geometry` maps model pixels back to the frame.
+OpenCV's own scratch. INTER_AREA matches how the offline side (edge/evaluation/dataset.read_image) shrinks images,
+so the daemon judges exactly what calibration measured. The returned `Geometry` maps model pixels back to the frame.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calib.dataset import list_images, read_category, read_image
 from edge.errors import DatasetError
+from edge.evaluation.dataset import list_images, read_category, read_image
 from export.graph import ExportWrapper
 from export.runtime import run_model
 

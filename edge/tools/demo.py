@@ -140,7 +140,7 @@ def split_test(category: Path) -> tuple[list[Path], list[tuple[Path, Path | None
 
     Returns (calibration good images, calibration defects as (image, mask, type), stream pool truths with origin).
     """
-    from calib.dataset import read_category
+    from edge.evaluation.dataset import read_category
 
     cat = read_category(category)
     good = [s for s in cat.test if s.label == 0]

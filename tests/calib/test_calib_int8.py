@@ -5,9 +5,9 @@ from onnx import numpy_helper
 
 from calib import int8
 from calib.cli import load_eval_set
-from calib.dataset import list_images, read_image
 from calib.int8 import FLAVOURS, make_flavours, quantise, stressed
 from calib.thresholds import read_thresholds
+from edge.evaluation.dataset import list_images, read_image
 from export.build import export_bundle
 from export.runtime import run_model
 from tests.export.tinydet import SIZE, TinyDetector, make_category, tiny_meta

@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from calib.dataset import read_category, read_mask
 from detectors.dataset_build import Counts, build
 from detectors.implants import IMPLANTS, KINDS
 from edge.cli import main
 from edge.errors import DatasetError
+from edge.evaluation.dataset import read_category, read_mask
 
 
 def _tree(root):

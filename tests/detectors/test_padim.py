@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from calib.dataset import read_category, read_image
 from detectors.implants import IMPLANTS
 from detectors.padim import DEFAULTS, build, fit
 from detectors.padim.train import cholesky_inverse
 from detectors.scoring import predict
+from edge.evaluation.dataset import read_category, read_image
 
 TINY = {"d": 24}
 

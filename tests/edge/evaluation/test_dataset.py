@@ -2,8 +2,8 @@ import cv2
 import numpy as np
 import pytest
 
-from calib.dataset import list_images, read_category, read_image, read_mask, tree_hash
 from edge.errors import DatasetError
+from edge.evaluation.dataset import list_images, read_category, read_image, read_mask, tree_hash
 
 
 def write(path, image):

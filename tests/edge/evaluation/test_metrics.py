@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from calib import metrics
-from calib.metrics import aupro, f1_max, image_auroc, pixel_auroc
+from edge.evaluation import metrics
+from edge.evaluation.metrics import aupro, f1_max, image_auroc, pixel_auroc
 
 
 def brute_force_aupro(masks, maps, fpr_limit=0.3):

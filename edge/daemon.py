@@ -12,9 +12,11 @@ verdict acknowledged (what is not stays in the on-disk spool for the next start)
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import threading
 import time
+from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +37,9 @@ from edge.stats import PipelineStats
 if TYPE_CHECKING:
     from edge.backends import Backend
     from edge.bundle import Bundle
+    from edge.notify import Notifier
     from edge.sinks import Sink
+    from edge.sinks.mqtt import MqttSink
 
 log = get_logger(__name__)
 SEQ_STATE = "seq.json"  # in mqtt.spool_dir: seq numbering continues across restarts, like the spool itself
@@ -118,29 +122,30 @@ def run_daemon(
     bundle = load_bundle(config.model.bundle)
     if config.model.backend == "tensorrt":
         notifier.extend_timeout(120.0)  # deserialising an engine and capturing CUDA graphs can take a while
-    backend = load_backend(bundle, config.model)
-    stats.backend = backend.name
-    sinks: list[Sink] = []
-    mqtt: Any = None  # the MqttSink, also in `sinks`
-    stop_metrics: Any = None
-    source = None
-    watchdog_stop = threading.Event()
-    seq = SeqCounter(config.mqtt.spool_dir / SEQ_STATE if config.mqtt.enabled else None)
     result: dict[str, Any] = {}
-    pipeline: Pipeline | None = None
-    close_by = [float("inf")]  # monotonic deadline for closing the sinks, set when shutdown starts
-    try:
-        source = open_source(config.source, base_dir, stats=stats)
+    close_by = math.inf  # monotonic deadline for closing the sinks, set when shutdown starts
+    # Everything opened below is closed by the stack, newest first (watchdog, capture, metrics, sinks, source, seq
+    # state, backend), also when start-up fails half-way; a sink's close error is logged and the others still close.
+    with ExitStack() as opened:
+        backend = load_backend(bundle, config.model)
+        opened.callback(backend.close)
+        stats.backend = backend.name
+        seq = SeqCounter(config.mqtt.spool_dir / SEQ_STATE if config.mqtt.enabled else None)
+        opened.callback(lambda: seq.close(clean=bool(result.get("drained"))))  # unclean: seq.json keeps its place
+        source = opened.enter_context(closing(open_source(config.source, base_dir, stats=stats)))
+        sinks: list[Sink] = []
+        mqtt: MqttSink | None = None
         if config.mqtt.enabled:
             from edge.sinks.mqtt import MqttSink
 
-            mqtt = MqttSink(config.mqtt, info=birth_info(config, bundle, backend), stats=stats, roi=config.source.roi)
+            mqtt = MqttSink(config.mqtt, info=birth_info(config, bundle, backend), stats=stats)
             sinks.append(mqtt)
         if config.debug.enabled:
             from edge.sinks.zmq_debug import DebugSink
 
             sinks.append(DebugSink(config.debug))
-        stop_metrics = serve_metrics(config.metrics, stats)
+        opened.callback(lambda: _close_sinks(sinks, close_by))
+        opened.callback(serve_metrics(config.metrics, stats))
         pipeline = Pipeline(
             source,
             backend,
@@ -152,64 +157,61 @@ def run_daemon(
             max_frames=max_frames,
             seq=seq,
         )
-        if config.pipeline.mode == "triggered":
+        opened.callback(pipeline.stop)  # no-op after a normal shutdown; stops capture if start-up or serving raised
+        if config.pipeline.mode == "triggered" and mqtt is not None:
             mqtt.on_trigger(pipeline.trigger)
         pipeline.start()
         notifier.ready()
+        watchdog_stop = threading.Event()
+        opened.callback(watchdog_stop.set)
         start_watchdog(notifier, stats, watchdog_stop)
         log.info("daemon_started", version=__version__, bundle=bundle.meta.name, hash=bundle.short_hash,
                  backend=backend.name, source=f"{config.source.kind}:{redact(config.source.uri)}",
                  mode=config.pipeline.mode, max_frames=max_frames)
-        _serve(pipeline, backend, stop, mqtt, stats, config.mqtt.stats_interval_s)
-        close_by[0] = time.monotonic() + config.pipeline.shutdown_timeout_s
-        result = _shutdown(pipeline, backend, mqtt, stats, config, notifier, max_frames)
-    finally:
-        watchdog_stop.set()
-        if pipeline is not None:
-            pipeline.stop()  # no-op after a normal shutdown; stops capture if start-up or serving raised
-        for sink in reversed(sinks):
-            try:
-                if sink is mqtt:  # retained "offline", flush, disconnect, within what is left of the budget
-                    mqtt.close(timeout=min(5.0, max(0.5, close_by[0] - time.monotonic())))  # type: ignore[call-arg]
-                else:
-                    sink.close()
-            except Exception:  # noqa: BLE001 - closing the others matters more than this one's error
-                log.exception("sink_close_failed", sink=type(sink).__name__)
-        if stop_metrics is not None:
-            stop_metrics()
-        if source is not None:
-            source.close()
-        backend.close()
-        seq.close(clean=bool(result.get("drained")))  # else seq.json keeps the last published seq + 1
+        _serve(pipeline, backend, stop, sinks, stats, config.mqtt.stats_interval_s)
+        close_by = time.monotonic() + config.pipeline.shutdown_timeout_s
+        result = _shutdown(pipeline, backend, sinks, stats, config, notifier, max_frames)
     log.info("daemon_stopped", exit_code=result.get("exit_code"), published=result.get("published"),
              verdicts=result.get("verdicts"), frames_skipped=result.get("frames_skipped"))
     return result
 
 
+def _close_sinks(sinks: list[Sink], deadline: float) -> None:
+    """Close every sink, newest first, within `deadline`; one sink's failure does not keep the others open."""
+    for sink in reversed(sinks):
+        try:
+            sink.close(deadline)
+        except Exception:  # noqa: BLE001 - closing the others matters more than this one's error
+            log.exception("sink_close_failed", sink=type(sink).__name__)
+
+
 def _serve(
-    pipeline: Pipeline, backend: Any, stop: threading.Event, mqtt: Any, stats: PipelineStats, interval: float
+    pipeline: Pipeline, backend: Backend, stop: threading.Event, sinks: list[Sink], stats: PipelineStats,
+    interval: float,
 ) -> None:
     """Wait for the end of the stream, a stop request or a lost GPU, publishing stats every `interval` seconds."""
     next_stats = time.monotonic() + interval
     while not pipeline.done and not stop.wait(0.1):
-        if getattr(backend, "fatal", None) is not None:  # TensorRT: sticky CUDA error, no later frame can succeed
+        if backend.fatal is not None:  # TensorRT: sticky CUDA error, no later frame can succeed
             log.critical("backend_fatal", error=str(backend.fatal), action="draining with error verdicts, exit 1")
             break
-        if mqtt is not None and time.monotonic() >= next_stats:
-            mqtt.publish_stats(stats.snapshot())
+        if sinks and time.monotonic() >= next_stats:
+            snapshot = stats.snapshot()
+            for sink in sinks:
+                sink.publish_stats(snapshot)
             next_stats += interval
 
 
 def _shutdown(
     pipeline: Pipeline,
-    backend: Any,
-    mqtt: Any,
+    backend: Backend,
+    sinks: list[Sink],
     stats: PipelineStats,
     config: Config,
-    notifier: Any,
+    notifier: Notifier,
     max_frames: int | None,
 ) -> dict[str, Any]:
-    """Drain in-flight frames, then give MQTT the rest of the shutdown budget to get everything acknowledged."""
+    """Drain in-flight frames, then give the sinks the rest of the shutdown budget to get everything delivered."""
     budget = config.pipeline.shutdown_timeout_s
     deadline = time.monotonic() + budget  # the caller's close_by is the same moment
     notifier.stopping()
@@ -219,14 +221,17 @@ def _shutdown(
     if not drained:
         log.error("shutdown_drain_timeout", timeout_s=budget, published=pipeline.published, issued=pipeline.issued)
     delivered = True
-    if mqtt is not None:
-        delivered = mqtt.wait_delivered(max(0.0, deadline - time.monotonic()))
-        mqtt.publish_stats(stats.snapshot())
-        if not delivered:
-            log.warning("shutdown_undelivered", spool_dir=str(config.mqtt.spool_dir),
-                        action="kept in the spool, replayed at the next start")
+    for sink in sinks:
+        delivered = sink.wait_delivered(max(0.0, deadline - time.monotonic())) and delivered
+    if sinks:
+        snapshot = stats.snapshot()
+        for sink in sinks:
+            sink.publish_stats(snapshot)
+    if not delivered:
+        log.warning("shutdown_undelivered", spool_dir=str(config.mqtt.spool_dir),
+                    action="kept in the spool, replayed at the next start")
     exit_code = 0
-    if pipeline.failed is not None or not drained or getattr(backend, "fatal", None) is not None:
+    if pipeline.failed is not None or not drained or backend.fatal is not None:
         exit_code = 1  # non-zero: systemd's Restart=on-failure restarts us (a lost GPU needs a fresh process)
     elif max_frames is not None and not delivered:
         exit_code = 1  # the --max-frames contract is "all published and acknowledged"

@@ -234,7 +234,7 @@ class Pipeline:
         while not self._stopping.is_set() and not self._enough():
             self.stats.beat("capture")
             frame = self._read(_TICK)
-            dropped = getattr(self.source, "dropped", 0)
+            dropped = self.source.dropped
             if dropped != self._last_dropped:  # frames the camera buffer overwrote before we read them
                 self._skipped(dropped - self._last_dropped)
                 self._last_dropped = dropped
@@ -458,7 +458,7 @@ class Pipeline:
         job.timings["postprocess"] = round(seconds * 1000, 3)
         self.stats.observe("postprocess", seconds)
         verdict = self._verdict(job, kind, round(score, 6), regions, None)
-        return Inspection(verdict, job.frame.image, amap, mask, job.timings)
+        return Inspection(verdict, job.frame.image, amap, mask, job.timings, job.geometry)
 
     def _error(self, job: Job, why: str) -> Inspection:
         return Inspection(self._verdict(job, "error", None, (), why), job.frame.image, timings_ms=job.timings)
@@ -470,7 +470,7 @@ class Pipeline:
             seq=job.seq,
             frame_id=job.frame.frame_id,
             ts=job.frame.ts,
-            verdict=kind,  # type: ignore[arg-type]
+            outcome=kind,  # type: ignore[arg-type]
             score=score,
             threshold=THRESHOLD,
             latency_ms=round((time.monotonic() - job.frame.mono) * 1000, 3),
@@ -508,8 +508,8 @@ class Pipeline:
             inspection.timings_ms["publish"] = round(seconds * 1000, 3)
             self.stats.observe("publish", seconds)
             self.stats.observe("end_to_end", time.monotonic() - mono)
-            self.stats.verdict(inspection.verdict.verdict)
-            if inspection.verdict.verdict == "error":
+            self.stats.verdict(inspection.verdict.outcome)
+            if inspection.verdict.outcome == "error":
                 log.warning("error_verdict", seq=inspection.verdict.seq, error=inspection.verdict.error)
             self.published += 1
             if self.on_verdict is not None:

@@ -43,6 +43,12 @@ class Geometry:
         """Frame pixels covered by one model pixel."""
         return self.scale_x * self.scale_y
 
+    @classmethod
+    def whole_frame(cls, frame_shape: tuple[int, ...], model_shape: tuple[int, ...]) -> Geometry:
+        """The geometry of a whole frame (H, W, ...) resized to the model size (h, w, ...), no ROI."""
+        (frame_h, frame_w), (model_h, model_w) = frame_shape[:2], model_shape[:2]
+        return cls(0, 0, frame_w / model_w, frame_h / model_h, frame_w, frame_h)
+
 
 def preprocess(
     image: np.ndarray,

@@ -1,6 +1,7 @@
 """The one result type: a `Verdict` per frame (what the PLC sees).
 
-Sinks that also need pixels (mask PNG topic, debug stream) get it wrapped in an `Inspection`.
+Sinks that also need pixels (mask PNG topic, debug stream) get it wrapped in an `Inspection`, with the preprocess
+`Geometry` that maps model pixels back to the frame.
 
 Every frame gets exactly one verdict, numbered by a gap-free `seq`, so a subscriber can see a gap. `error` is a
 verdict too: a part is never passed without an inspection.
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
+from edge.preprocess import Geometry
 
 VerdictKind = Literal["pass", "fail", "error"]
 KINDS: tuple[VerdictKind, ...] = ("pass", "fail", "error")
@@ -40,7 +43,7 @@ class Verdict:
     seq: int
     frame_id: int
     ts: float  # capture time, UNIX seconds (UTC)
-    verdict: VerdictKind
+    outcome: VerdictKind  # published as the JSON key "verdict"
     score: float | None  # normalised: >= threshold means fail; None for error
     threshold: float
     latency_ms: float  # capture -> verdict
@@ -48,14 +51,14 @@ class Verdict:
     source: str = ""
     part_id: str | None = None
     regions: tuple[Region, ...] = ()
-    error: str | None = None  # why, for verdict == "error"
+    error: str | None = None  # why, for outcome == "error"
 
     def __post_init__(self) -> None:
-        if self.verdict not in KINDS:
-            msg = f"Verdict.verdict must be one of {KINDS}, but got {self.verdict!r}"
+        if self.outcome not in KINDS:
+            msg = f"Verdict.outcome must be one of {KINDS}, but got {self.outcome!r}"
             raise ValueError(msg)
-        if self.verdict == "error" and not self.error:
-            msg = "Verdict.error must say why when verdict is 'error'"
+        if self.outcome == "error" and not self.error:
+            msg = "Verdict.error must say why when the outcome is 'error'"
             raise ValueError(msg)
         if self.seq < 0:
             msg = f"Verdict.seq must be >= 0, but got {self.seq}"
@@ -67,7 +70,7 @@ class Verdict:
             "seq": self.seq,
             "frame_id": self.frame_id,
             "ts": self.ts,
-            "verdict": self.verdict,
+            "verdict": self.outcome,
             "score": self.score,
             "threshold": self.threshold,
             "latency_ms": self.latency_ms,
@@ -95,3 +98,10 @@ class Inspection:
     anomaly_map: np.ndarray | None = None  # (h, w) float32 at model input size, normalised
     mask: np.ndarray | None = None  # (h, w) uint8 {0,1} at model input size
     timings_ms: dict[str, float] = field(default_factory=dict)  # per stage
+    geometry: Geometry | None = None  # model -> frame pixels (ROI crop and resize); None: the whole frame, resized
+
+    def frame_geometry(self) -> Geometry | None:
+        """`geometry`, or for a mask without one the whole frame resized (None when there is no frame or mask)."""
+        if self.geometry is not None or self.mask is None or self.frame is None or not self.frame.size:
+            return self.geometry
+        return Geometry.whole_frame(self.frame.shape, self.mask.shape)

@@ -43,6 +43,11 @@ class Backend(Protocol):
     max_batch: int
     input_shape: tuple[int, int, int]  # (H, W, 3)
 
+    @property
+    def fatal(self) -> BaseException | None:
+        """The error that makes every later inference fail (a lost GPU context), or None; the daemon then exits 1."""
+        ...
+
     def acquire(self) -> Slot:
         """A free slot whose `input` the caller fills; blocks while every slot is in flight."""
         ...

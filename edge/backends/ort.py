@@ -55,6 +55,8 @@ def choose_model(bundle: Bundle, precision: str) -> tuple[Path, str]:
 class OrtBackend:
     """The Backend protocol on an onnxruntime.InferenceSession; `submit` runs synchronously, `wait` just returns."""
 
+    fatal = None  # a CPU session has no sticky failure: each run succeeds or fails on its own
+
     def __init__(self, bundle: Bundle, config: ModelConfig) -> None:
         spec = bundle.meta.input
         self.max_batch = config.max_batch

@@ -2,13 +2,16 @@
 
 A sink takes `Inspection`s from the pipeline's last stage. `publish` must return quickly (it runs on the pipeline
 thread; slow I/O belongs on the sink's own thread) and must never raise for a delivery problem: a broker outage is
-the sink's business (spool, retry), not a reason to stop judging parts.
+the sink's business (spool, retry), not a reason to stop judging parts. The daemon drives every sink the same way:
+periodic `publish_stats`, `wait_delivered` within the shutdown budget, then `close(deadline)`.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from edge.verdict import Inspection
 
@@ -21,8 +24,16 @@ class Sink(Protocol):
         """Hand one inspection over; returns without waiting for delivery."""
         ...
 
-    def close(self) -> None:
-        """Flush what can be flushed and release connections and files."""
+    def publish_stats(self, snapshot: Mapping[str, Any]) -> None:
+        """Pass on a pipeline statistics snapshot (sent every `mqtt.stats_interval_s`); ignored without a channel."""
+        ...
+
+    def wait_delivered(self, timeout: float) -> bool:
+        """Wait up to `timeout` s until everything published was delivered; True at once if delivery is not tracked."""
+        ...
+
+    def close(self, deadline: float = math.inf) -> None:
+        """Flush what can be flushed by `deadline` (time.monotonic()) and release connections and files."""
         ...
 
     def __enter__(self) -> Sink: ...

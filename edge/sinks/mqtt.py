@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import cv2
-import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -42,6 +41,7 @@ from paho.mqtt.properties import Properties
 from edge.config import MqttConfig
 from edge.errors import ConfigError
 from edge.log import bind_thread, get_logger
+from edge.postprocess import mask_png
 from edge.sinks.spool import Record, Spool
 from edge.verdict import Inspection, Verdict
 
@@ -60,7 +60,6 @@ class MqttSink:
         config: The `[mqtt]` section (secrets already filled in by the config loader).
         info: The birth message for `<prefix>/status/info` (version, bundle name and hash, source, thresholds).
         stats: Pipeline statistics whose `broker_connected` and `spool_depth` gauges this sink keeps current.
-        roi: `source.roi`, so mask PNGs are placed where the crop was taken from in the original frame.
 
     Raises:
         ConfigError: TLS files missing or unusable (wrong key passphrase, not PEM), or the spool folder unusable.
@@ -72,7 +71,6 @@ class MqttSink:
         *,
         info: dict[str, Any],
         stats: Any | None = None,
-        roi: tuple[int, int, int, int] | None = None,
     ) -> None:
         self.config = config
         self.prefix = config.topic_prefix
@@ -89,7 +87,6 @@ class MqttSink:
             self._result_props.ContentType = "application/json"
         self._info_payload = json.dumps(info, separators=(",", ":"), default=str).encode()
         self._stats = stats
-        self._roi = roi
         self._cond = threading.Condition()
         self._connected = False
         self._epoch = 0  # connection counter; in-flight records of an older epoch are being re-sent by paho
@@ -323,15 +320,16 @@ class MqttSink:
 
     def _wants_mask(self, verdict: Verdict) -> bool:
         mode = self.config.publish_mask
-        return mode == "always" or (mode == "fail" and verdict.verdict == "fail")
+        return mode == "always" or (mode == "fail" and verdict.outcome == "fail")
 
     def _publish_mask(self, inspection: Inspection) -> None:
         if not self._connected:
             self.masks_dropped += 1
             log.debug("mqtt_mask_dropped", seq=inspection.verdict.seq, reason="broker not connected")
             return
-        assert inspection.mask is not None  # noqa: S101 - checked by the caller; narrows the type
-        png = mask_png(inspection.mask, inspection.frame, self._roi)
+        if inspection.mask is None:  # checked by the caller; narrows the type
+            return
+        png = mask_png(inspection.mask, inspection.frame_geometry())
         seq = inspection.verdict.seq
         if self._v5:
             props = Properties(PacketTypes.PUBLISH)
@@ -343,7 +341,7 @@ class MqttSink:
         if mid is None:
             self.masks_dropped += 1
 
-    def publish_stats(self, snapshot: dict[str, Any]) -> None:
+    def publish_stats(self, snapshot: Mapping[str, Any]) -> None:
         """Send `snapshot` (plus this sink's own numbers) on `<prefix>/stats`, QoS 0; skipped while disconnected."""
         payload = dict(snapshot)
         payload["mqtt"] = {
@@ -398,14 +396,16 @@ class MqttSink:
         """Verdicts not yet acknowledged by the broker."""
         return self._spool.depth
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Flush (up to `timeout` while connected), publish retained "offline", disconnect, close the spool.
+    def close(self, deadline: float = math.inf) -> None:
+        """Flush while connected, publish retained "offline", disconnect, close the spool.
 
-        What is still undelivered stays in the spool for the next start.
+        The flush gets what is left until `deadline` (time.monotonic()), at least 0.5 s and at most 5 s. What is still
+        undelivered stays in the spool for the next start.
         """
         if self._closed:
             return
         self._closed = True
+        timeout = min(5.0, max(0.5, deadline - time.monotonic()))
         if self._connected:
             self.wait_delivered(timeout)
             mid = self._send(self.status_topic, "offline", 1, retain=True, track=True)
@@ -460,29 +460,3 @@ def parse_trigger(payload: bytes) -> str | None:
     part_id = data.get("part_id")
     return None if part_id is None else str(part_id)
 
-
-def mask_png(mask: np.ndarray, frame: np.ndarray | None = None, roi: Any = None) -> bytes:
-    """A 1-bit PNG of `mask` (non-zero = defect) at the original frame size when the frame is known.
-
-    The mask is at model-input size; it is scaled (nearest neighbour) to the frame, or to the ROI `[x, y, w, h]` and
-    placed there when the pipeline cropped one.
-    """
-    m: np.ndarray = np.where(mask > 0, 255, 0).astype(np.uint8)
-    if m.ndim == 3:
-        m = m[..., 0]
-    if frame is not None and frame.ndim >= 2 and frame.size:
-        fh, fw = frame.shape[:2]
-        if roi is not None:
-            x, y, w, h = (int(v) for v in roi)
-            canvas = np.zeros((fh, fw), np.uint8)
-            w, h = min(w, fw - x), min(h, fh - y)
-            if w > 0 and h > 0:
-                canvas[y : y + h, x : x + w] = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
-            m = canvas
-        elif (fh, fw) != m.shape:
-            m = cv2.resize(m, (fw, fh), interpolation=cv2.INTER_NEAREST)
-    ok, buf = cv2.imencode(".png", m, [cv2.IMWRITE_PNG_BILEVEL, 1])
-    if not ok:  # pragma: no cover - OpenCV always has PNG
-        msg = f"PNG encoding of a {m.shape} mask failed"
-        raise RuntimeError(msg)
-    return buf.tobytes()

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -249,13 +251,23 @@ class DebugSink:
             pending = self._slot
             if pending is not None:
                 self.dropped += 1
-                if pending.verdict.verdict != "pass" and inspection.verdict.verdict == "pass":
+                if pending.verdict.outcome != "pass" and inspection.verdict.outcome == "pass":
                     return
             self._slot = inspection
             self._cond.notify()
 
-    def close(self) -> None:
-        """Stop the encoder thread and close the socket without lingering (idempotent)."""
+    def publish_stats(self, snapshot: Mapping[str, Any]) -> None:
+        """The debug stream carries no statistics (each frame's header has its own timings)."""
+
+    def wait_delivered(self, timeout: float) -> bool:
+        """Debug frames are fire-and-forget: nothing to wait for."""
+        return True
+
+    def close(self, deadline: float = math.inf) -> None:
+        """Stop the encoder thread and close the socket without lingering (idempotent).
+
+        The encoder is given 10 s to stop whatever `deadline` says: closing the socket under it would abort.
+        """
         with self._cond:
             if self._stop:
                 return

@@ -43,6 +43,11 @@ class Source(Protocol):
     live: bool  # a camera that keeps running whether we read or not (frames may be skipped when behind)
     finished: bool  # a finite source (folder, video without loop) has no more frames
 
+    @property
+    def dropped(self) -> int:
+        """Frames lost before anyone read them (a camera buffer overwritten), counted since the source opened."""
+        ...
+
     def read(self, timeout: float) -> Frame | None:
         """The next frame, or None when none came within `timeout` seconds (check `finished`)."""
         ...

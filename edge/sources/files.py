@@ -43,6 +43,8 @@ class _Pacer:
 class FolderSource:
     """Images of a folder in sorted file-name order; every file yields a frame, unreadable ones an error frame."""
 
+    dropped = 0  # files wait to be read: none is ever lost (frames the pipeline skips are counted there)
+
     def __init__(self, config: SourceConfig, path: Path) -> None:
         if not path.is_dir():
             msg = f"source.uri: image folder {path} does not exist (source.kind = 'folder')"
@@ -102,6 +104,8 @@ def _imread(path: Path) -> np.ndarray | None:
 
 class VideoSource:
     """Frames of a video file through OpenCV; with `loop` it starts again at the end."""
+
+    dropped = 0  # a file waits to be read: no frame is ever lost (frames the pipeline skips are counted there)
 
     def __init__(self, config: SourceConfig, path: Path) -> None:
         self.path = path

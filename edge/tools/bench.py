@@ -314,9 +314,8 @@ def bench_naive(bundle: Bundle, config: Config, files: list[Path]) -> dict[str, 
     """(c) read -> preprocess -> infer -> judge -> publish QoS 1 and wait for the ack, one frame at a time."""
     from edge.backends import load_backend
     from edge.contract import THRESHOLD
-    from edge.postprocess import find_regions, judge
+    from edge.postprocess import find_regions, judge, mask_png
     from edge.preprocess import preprocess
-    from edge.sinks.mqtt import mask_png
     from edge.sources.files import _imread
     from edge.verdict import Verdict
 
@@ -350,13 +349,13 @@ def bench_naive(bundle: Bundle, config: Config, files: list[Path]) -> dict[str, 
         regions = find_regions(mask, amap, geometry, min_area=pp.min_area, max_regions=pp.max_regions)
         kind = judge(score, regions)
         verdict = Verdict(
-            seq=seq, frame_id=seq, ts=ts, verdict=kind, score=round(score, 6), threshold=THRESHOLD,
+            seq=seq, frame_id=seq, ts=ts, outcome=kind, score=round(score, 6), threshold=THRESHOLD,
             latency_ms=round((time.monotonic() - mono) * 1000, 3), model=model, source=config.source.name,
             regions=regions,
         )
         client.publish(topic, verdict.to_json(), qos=qos).wait_for_publish(10)
         if config.mqtt.publish_mask == "always" or (config.mqtt.publish_mask == "fail" and kind == "fail"):
-            client.publish(f"{config.mqtt.topic_prefix}/mask", mask_png(mask, image), qos=qos).wait_for_publish(10)
+            client.publish(f"{config.mqtt.topic_prefix}/mask", mask_png(mask, geometry), qos=qos).wait_for_publish(10)
 
     try:
         for i in range(min(5, len(files))):  # warm-up, as for bare

@@ -34,7 +34,7 @@ def make_inspection(seq: int, *, verdict: str = "fail", size: int = 96, noise: b
         frame[20:40, 30:60] = 255
     amap = (frame.mean(axis=2) / 255.0 / 0.5).astype(np.float32)[::2, ::2].copy()  # model size = half the frame
     regions = (Region((30, 20, 30, 20), 600, 2.0, 2.0),) if verdict == "fail" else ()
-    v = Verdict(seq=seq, frame_id=seq, ts=time.time(), verdict=verdict, score=2.0 if verdict == "fail" else 0.1,
+    v = Verdict(seq=seq, frame_id=seq, ts=time.time(), outcome=verdict, score=2.0 if verdict == "fail" else 0.1,
                 threshold=1.0, latency_ms=4.5, model={"name": "tiny", "hash": "0123456789ab"}, source="cam0",
                 regions=regions)
     return Inspection(v, frame=frame, anomaly_map=amap, mask=(amap >= 1).astype(np.uint8),
@@ -127,7 +127,7 @@ class TestMessageFormat:
 
     def test_error_verdict_without_pixels(self) -> None:
         """An error verdict with no frame or map still makes a valid message with empty image parts."""
-        v = Verdict(seq=3, frame_id=3, ts=0.0, verdict="error", score=None, threshold=1.0, latency_ms=0.0,
+        v = Verdict(seq=3, frame_id=3, ts=0.0, outcome="error", score=None, threshold=1.0, latency_ms=0.0,
                     model={"name": "tiny", "hash": ""}, error="camera stalled")
         parts = encode_message(Inspection(v))
         assert parts[2] == b"" and parts[3] == b""

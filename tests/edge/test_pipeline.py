@@ -96,7 +96,7 @@ class TestPipelineContinuous:
         verdicts = [i.verdict for i in sink.items]
         assert [v.seq for v in verdicts] == list(range(30))
         assert [v.frame_id for v in verdicts] == list(range(30))
-        assert [v.verdict for v in verdicts] == ["fail" if i % 3 == 0 else "pass" for i in range(30)]
+        assert [v.outcome for v in verdicts] == ["fail" if i % 3 == 0 else "pass" for i in range(30)]
         first = verdicts[0]
         assert len(first.regions) == 1
         assert first.regions[0].bbox == (5, 7, 8, 6)
@@ -115,8 +115,8 @@ class TestPipelineContinuous:
         pipeline.run(drain_timeout=20)
         verdicts = [i.verdict for i in sink.items]
         assert [v.seq for v in verdicts] == list(range(21))
-        assert verdicts[10].verdict == "error" and "0010.png" in (verdicts[10].error or "")
-        assert [v.verdict for v in verdicts if v.seq != 10] == [
+        assert verdicts[10].outcome == "error" and "0010.png" in (verdicts[10].error or "")
+        assert [v.outcome for v in verdicts if v.seq != 10] == [
             "fail" if i % 3 == 0 else "pass" for i in range(21) if i != 10
         ]
 
@@ -136,9 +136,9 @@ class TestPipelineContinuous:
         pipeline, sink, stats = build(bundle, config)
         pipeline.run(drain_timeout=20)
         got = {Path(i.verdict.error or "ok: x").name.split(":")[0]: i.verdict for i in sink.items}
-        kinds = [i.verdict.verdict for i in sink.items]
+        kinds = [i.verdict.outcome for i in sink.items]
         assert kinds == ["pass", "error", "error", "error", "pass", "pass"]
-        errors = [i.verdict.error for i in sink.items if i.verdict.verdict == "error"]
+        errors = [i.verdict.error for i in sink.items if i.verdict.outcome == "error"]
         assert "b_zero.png" in errors[0] and "cannot read" in errors[0]
         assert "4 channels" in errors[1]
         assert "16-bit" in errors[2]
@@ -160,9 +160,9 @@ class TestPipelineContinuous:
         pipeline, sink, _ = build(bundle, config)
         pipeline.run(drain_timeout=20)
         first, second = (i.verdict for i in sink.items)
-        assert first.verdict == "fail"
+        assert first.outcome == "fail"
         assert first.regions[0].bbox == (120, 40, 20, 20)
-        assert second.verdict == "error" and "reaches outside the 50x50 frame" in (second.error or "")
+        assert second.outcome == "error" and "reaches outside the 50x50 frame" in (second.error or "")
 
     def test_inference_exception_is_error_verdict(self, bundle: Bundle, tmp_path: Path) -> None:
         """A backend that raises during inference yields error verdicts for those frames and the pipeline goes on."""
@@ -182,8 +182,8 @@ class TestPipelineContinuous:
         pipeline.run(drain_timeout=20)
         verdicts = [i.verdict for i in sink.items]
         assert [v.seq for v in verdicts] == list(range(6))
-        assert verdicts[2].verdict == "error" and "simulated CUDA out of memory" in (verdicts[2].error or "")
-        assert [v.verdict for v in verdicts[3:]] == ["fail", "pass", "pass"]
+        assert verdicts[2].outcome == "error" and "simulated CUDA out of memory" in (verdicts[2].error or "")
+        assert [v.outcome for v in verdicts[3:]] == ["fail", "pass", "pass"]
 
     def test_paced_source_skips_and_counts(self, bundle: Bundle, tmp_path: Path) -> None:
         """A camera-paced source faster than the pipeline skips frames, counts them, and seq stays gap-free."""
@@ -245,7 +245,7 @@ class TestPipelineTriggered:
         assert [v.part_id for v in verdicts] == [f"P{i}" for i in range(10)]
         assert [v.seq for v in verdicts] == list(range(10))
         assert all(v.ts >= sent_at[v.part_id] for v in verdicts)  # type: ignore[index]
-        assert [v.verdict for v in verdicts[:4]] == ["fail", "pass", "pass", "fail"]
+        assert [v.outcome for v in verdicts[:4]] == ["fail", "pass", "pass", "fail"]
 
     def test_no_frame_is_error_never_skipped(self, bundle: Bundle, tmp_path: Path) -> None:
         """Triggers after the source ran dry, or still queued at stop, get error verdicts: no part is dropped."""
@@ -257,7 +257,7 @@ class TestPipelineTriggered:
         pipeline.run(drain_timeout=10)
         verdicts = [i.verdict for i in sink.items]
         assert [v.part_id for v in verdicts] == [f"P{i}" for i in range(5)]
-        assert [v.verdict for v in verdicts] == ["fail", "pass", "error", "error", "error"]
+        assert [v.outcome for v in verdicts] == ["fail", "pass", "error", "error", "error"]
         assert "no more frames" in (verdicts[2].error or "")
         assert "not served" in (verdicts[3].error or "")
         assert [v.frame_id for v in verdicts] == list(range(5))  # no-frame errors are numbered like frames
@@ -307,5 +307,5 @@ class TestPipelineCamera:
         pipeline.run(drain_timeout=10)
         pipeline.source.close()
         (verdict,) = (i.verdict for i in sink.items)
-        assert verdict.verdict == "error" and "camera cam0 lost: cannot open" in (verdict.error or "")
+        assert verdict.outcome == "error" and "camera cam0 lost: cannot open" in (verdict.error or "")
         assert stats.snapshot()["camera_outages"] == 1

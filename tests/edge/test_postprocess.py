@@ -1,11 +1,12 @@
-"""Mask -> regions in frame coordinates, and the pass/fail rule."""
+"""Mask -> regions and mask PNG in frame coordinates, and the pass/fail rule."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
-from edge.postprocess import find_regions, judge
-from edge.preprocess import Geometry
+from edge.postprocess import find_regions, judge, mask_png
+from edge.preprocess import Geometry, preprocess
 from edge.verdict import Region
 
 IDENTITY = Geometry(0, 0, 1.0, 1.0, 64, 64)
@@ -55,3 +56,26 @@ class TestJudge:
         assert judge(0.99, ()) == "pass"
         assert judge(1.0, ()) == "fail"
         assert judge(0.5, (region,)) == "fail"
+
+
+class TestMaskPng:
+    """The mask image published on <prefix>/mask."""
+
+    def test_mask_png_is_one_bit(self) -> None:
+        """The PNG is bilevel (bit depth 1 in the IHDR), which keeps a 1024x1024 mask with a blob to about 2 KB."""
+        mask = np.zeros((1024, 1024), np.uint8)
+        mask[100:200, 300:420] = 1
+        png = mask_png(mask)
+        assert png[24] == 1  # IHDR bit depth
+        ok, eight_bit = cv2.imencode(".png", mask * 255)
+        assert ok and len(png) < min(4096, len(eight_bit))
+
+    def test_mask_png_is_placed_at_the_roi(self) -> None:
+        """With a source ROI the mask is scaled to the crop and placed there; the rest of the frame is clean."""
+        mask = np.ones((8, 8), np.uint8)
+        geometry = preprocess(np.zeros((100, 200, 3), np.uint8), np.empty((8, 8, 3), np.uint8), roi=(50, 10, 40, 20))
+        png = mask_png(mask, geometry)
+        image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+        expected = np.zeros((100, 200), np.uint8)
+        expected[10:30, 50:90] = 255
+        np.testing.assert_array_equal(image, expected)

@@ -59,7 +59,7 @@ def publish_frame(sink: DebugSink, seq: int, *, fail: bool = True) -> None:
     """Publish one tiny-bundle-like inspection straight into a sink."""
     frame = blob_frame(FRAME, FRAME, BLOB if fail else None)
     amap = cv2.resize(frame, (64, 64), interpolation=cv2.INTER_AREA).mean(axis=2).astype(np.float32) / 127.5
-    v = Verdict(seq=seq, frame_id=seq, ts=time.time(), verdict="fail" if fail else "pass",
+    v = Verdict(seq=seq, frame_id=seq, ts=time.time(), outcome="fail" if fail else "pass",
                 score=float(amap.max()), threshold=1.0, latency_ms=2.0, model={"name": "t", "hash": "h"},
                 source="cam0")
     sink.publish(Inspection(v, frame=frame, anomaly_map=amap))

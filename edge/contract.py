@@ -40,6 +40,7 @@ class ModelOutputs(NamedTuple):
 
 
 OUTPUT_NAMES: tuple[str, ...] = ModelOutputs._fields
+OUTPUT_DTYPES = {"score": np.dtype(np.float32), "anomaly_map": np.dtype(np.float32), "mask": np.dtype(np.uint8)}
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,8 @@ def input_contract(height: int, width: int, name: str = INPUT_NAME) -> TensorCon
 
 def output_contracts(height: int, width: int) -> tuple[TensorContract, ...]:
     """The outputs, in `ModelOutputs` order."""
-    f32, u8 = np.dtype(np.float32), np.dtype(np.uint8)
-    return (
-        TensorContract("score", f32, ()),
-        TensorContract("anomaly_map", f32, (1, height, width)),
-        TensorContract("mask", u8, (1, height, width)),
-    )
+    shapes = {"score": (), "anomaly_map": (1, height, width), "mask": (1, height, width)}
+    return tuple(TensorContract(name, OUTPUT_DTYPES[name], shapes[name]) for name in OUTPUT_NAMES)
 
 
 # A found tensor: dtype (None when the caller cannot know it, a string for one numpy has no name for) and shape;

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edge.contract import ModelOutputs
+from edge.contract import OUTPUT_DTYPES, OUTPUT_NAMES, ModelOutputs
 from edge.errors import BackendError, DeviceLostError
 from edge.log import get_logger
 
@@ -163,9 +163,8 @@ class RingBackend:
             self._gpu(self.executor.synchronize, slot.index)
         finally:
             self.ring.done(slot.index)
-        out = self.executor.output_buffers(slot.index)
-        score, amap = (out[k][: slot.n].astype(np.float32, copy=False) for k in ("score", "anomaly_map"))
-        return ModelOutputs(score, amap, out["mask"][: slot.n])
+        out = self.executor.output_buffers(slot.index)  # FP16 engines may return half maps: widened to the contract
+        return ModelOutputs(*(out[k][: slot.n].astype(OUTPUT_DTYPES[k], copy=False) for k in OUTPUT_NAMES))
 
     def release(self, slot: RingSlot) -> None:
         """Give the slot back; work never waited for (submit failed, error path) is drained first."""

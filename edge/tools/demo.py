@@ -42,6 +42,7 @@ import numpy as np
 
 from edge.bundle import Bundle, load_bundle
 from edge.config import Config
+from edge.contract import INPUT_NAME, OUTPUT_NAMES, ModelOutputs
 from edge.errors import BundleError, InspectdError
 from edge.log import configure as configure_logging
 from edge.tools import render
@@ -559,8 +560,8 @@ def heatmaps(bundle: Bundle, files: list[Path]) -> list[np.ndarray]:
         x = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         if bundle.meta.input.color_order == "RGB":
             x = cv2.cvtColor(x, cv2.COLOR_BGR2RGB)
-        outputs = session.run(["anomaly_map"], {"image": x[None]})
-        maps.append(outputs[0][0, 0])
+        outputs = ModelOutputs(*session.run(list(OUTPUT_NAMES), {INPUT_NAME: x[None]}))
+        maps.append(outputs.anomaly_map[0, 0])
     return maps
 
 

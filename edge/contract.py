@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -40,7 +40,11 @@ class ModelOutputs(NamedTuple):
 
 
 OUTPUT_NAMES: tuple[str, ...] = ModelOutputs._fields
-OUTPUT_DTYPES = {"score": np.dtype(np.float32), "anomaly_map": np.dtype(np.float32), "mask": np.dtype(np.uint8)}
+OUTPUT_DTYPES: dict[str, np.dtype[Any]] = {
+    "score": np.dtype(np.float32),
+    "anomaly_map": np.dtype(np.float32),
+    "mask": np.dtype(np.uint8),
+}
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class TensorContract:
     """One graph tensor as the contract fixes it: name, dtype and the shape of one image (the batch dim excluded)."""
 
     name: str
-    dtype: np.dtype
+    dtype: np.dtype[Any]
     shape: tuple[int, ...]
 
     def describe(self) -> str:
@@ -69,7 +73,7 @@ def output_contracts(height: int, width: int) -> tuple[TensorContract, ...]:
 
 # A found tensor: dtype (None when the caller cannot know it, a string for one numpy has no name for) and shape;
 # a dim that is not a non-negative int (None, -1, "batch") is dynamic and matches any size.
-FoundTensor = tuple[np.dtype | str | None, Sequence[int | str | None]]
+FoundTensor = tuple[np.dtype[Any] | str | None, Sequence[int | str | None]]
 
 
 def check_io(

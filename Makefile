@@ -3,23 +3,25 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-DEB_PACKAGES := mosquitto libgl1 libglib2.0-0 systemd
+DEB_PACKAGES := mosquitto libgl1 libglib2.0-0 systemd shellcheck
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-pressure clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# The stamp is rebuilt whenever pyproject.toml changes, so `make test` after a pull reinstalls.
-$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+# The stamp is rebuilt whenever pyproject.toml or this file changes, so `make test` after a pull reinstalls.
+# Extras: train (the offline side the tests exercise), dev (test tools), demo (amqtt: the demo's embedded broker,
+# which tests/edge/test_demo.py runs).
+$(VENV)/.installed: pyproject.toml Makefile | $(BIN)/activate
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "warning: missing Debian packages:$$missing (run as root or: sudo apt-get install$$missing)"; fi; \
 	fi
-	$(BIN)/pip install -q -e '.[train,dev]'
+	$(BIN)/pip install -q -e '.[train,dev,demo]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -29,6 +31,15 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The suite while PRESSURE busy loops compete for the CPUs (default 8: what a loaded 2-core line PC or CI box looks
+# like), to catch tests that synchronise by sleeping. The loops are stopped however pytest ends.
+PRESSURE ?= 8
+test-pressure: setup
+	@pids=""; for i in $$(seq $(PRESSURE)); do sh -c 'while :; do :; done' & pids="$$pids $$!"; done; \
+	trap 'kill $$pids 2>/dev/null' EXIT INT TERM; \
+	echo "$(PRESSURE) busy loops on $$(nproc) CPUs (pids$$pids)"; \
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var

@@ -18,6 +18,7 @@ from edge.config import Config
 from edge.pipeline import Pipeline
 from edge.seq import SeqCounter
 from edge.sources import open_source
+from edge.sources.live import LiveSource
 from edge.stats import PipelineStats
 from edge.verdict import Inspection
 from tests.bundles import blob_frame, make_tiny_bundle
@@ -216,9 +217,9 @@ class TestPipelineContinuous:
         assert [i.verdict.seq for i in sink.items] == list(range(12))
         pipeline, sink, _ = build(bundle, config)
         stop = threading.Event()
-        threading.Timer(0.5, stop.set).start()
+        pipeline.on_verdict = lambda _inspection: stop.set() if len(sink.items) >= 8 else None  # past one loop
         pipeline.run(stop, drain_timeout=20)
-        assert len(sink.items) > 5
+        assert stop.is_set() and len(sink.items) >= 8
         assert [i.verdict.seq for i in sink.items] == list(range(len(sink.items)))
 
 
@@ -230,17 +231,16 @@ class TestPipelineTriggered:
         config = make_config(tmp_path / "in", mode="triggered")
         config.source.loop = True
         pipeline, sink, _ = build(bundle, config)
+        all_in = threading.Event()
+        pipeline.on_verdict = lambda _inspection: all_in.set() if len(sink.items) >= 10 else None
         pipeline.start()
         sent_at = {}
         for i in range(10):
             sent_at[f"P{i}"] = time.time()
             pipeline.trigger(f"P{i}", time.monotonic())
-        deadline = time.monotonic() + 10
-        while len(sink.items) < 10 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.2)
+        all_in.wait(30)
         pipeline.stop()
-        assert pipeline.join(10)
+        assert pipeline.join(10)  # drained: a verdict beyond one per trigger would be in sink.items now
         verdicts = [i.verdict for i in sink.items]
         assert [v.part_id for v in verdicts] == [f"P{i}" for i in range(10)]
         assert [v.seq for v in verdicts] == list(range(10))
@@ -261,6 +261,51 @@ class TestPipelineTriggered:
         assert "no more frames" in (verdicts[2].error or "")
         assert "not served" in (verdicts[3].error or "")
         assert [v.frame_id for v in verdicts] == list(range(5))  # no-frame errors are numbered like frames
+
+    def test_trigger_timeout_is_error(self, bundle: Bundle, tmp_path: Path) -> None:
+        """A camera that is connected but sends nothing: the trigger gets an error verdict once trigger_timeout_s
+        has passed (not before, and not only when the camera is declared stalled much later)."""
+        release = threading.Event()
+
+        class Silent:
+            """An opened camera whose read blocks (no frames), until the test ends."""
+
+            def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+                return True
+
+            def read(self) -> tuple[bool, None]:
+                release.wait(60)
+                return False, None
+
+            def release(self) -> None:
+                pass
+
+        config = make_config(tmp_path, mode="triggered", trigger_timeout_s=0.3)
+        config.source.kind = "rtsp"
+        config.source.stall_timeout_s = 60.0  # the outage path must not be what answers the trigger
+        stats = PipelineStats()
+        sink = ListSink()
+        published = threading.Event()
+        pipeline = Pipeline(
+            LiveSource(config.source, Silent, stats=stats), load_backend(bundle, config.model), [sink], config=config,
+            model={"name": "tiny", "hash": bundle.short_hash}, color_order="BGR", stats=stats,
+            on_verdict=lambda _inspection: published.set(),
+        )
+        pipeline.start()
+        try:
+            received = time.monotonic()
+            pipeline.trigger("P1", received)
+            assert published.wait(20), "no verdict within 20 s of a trigger with trigger_timeout_s = 0.3"
+            answered = time.monotonic()
+        finally:
+            pipeline.stop()
+            pipeline.join(10)
+            pipeline.source.close()
+            release.set()  # after close: the reader exits without reporting an outage
+        (verdict,) = (i.verdict for i in sink.items)
+        assert (verdict.part_id, verdict.verdict, verdict.seq) == ("P1", "error", 0)
+        assert "no frame from camera cam0 within 0.3 s of the trigger" in (verdict.error or "")
+        assert answered - received >= 0.3
 
 
 class TestSeqCounter:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from edge.config import SourceConfig
 from edge.errors import SourceError
@@ -125,7 +127,12 @@ class TestLiveSource:
             assert first and first[0].outage and "camera cam0 lost" in (first[0].error or "")
             write_video(tmp_path / "tmp.avi", 5)
             (tmp_path / "tmp.avi").rename(path)  # appear whole, as a camera coming back
-            time.sleep(0.5)  # a slow consumer: the stream ends before we read; order must still hold
+            # A slow consumer: the camera reconnects and its stream ends (the second outage) before we read again;
+            # images and outage reports must still come out in capture order.
+            deadline = time.monotonic() + 30
+            while stats.snapshot()["camera_outages"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert stats.snapshot()["camera_outages"] >= 2, "the camera did not come back and end within 30 s"
             frames: list[Frame] = []
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and not (len(frames) > 1 and frames[-1].outage and not frames[-2].outage):
@@ -149,6 +156,7 @@ class TestLiveSource:
         path = tmp_path / "stream.avi"
         write_video(path, 3)
         opened: list[int] = []
+        release = threading.Event()
 
         class Stuck:
             """A real capture whose reads hang after the first frame (a camera that stops sending)."""
@@ -164,21 +172,49 @@ class TestLiveSource:
             def read(self) -> tuple[bool, np.ndarray]:
                 self.reads += 1
                 if self.reads > 1:
-                    time.sleep(3)
+                    release.wait(60)  # hangs until the test ends
                 return self.cap.read()
 
             def release(self) -> None:
                 self.cap.release()
 
-        config = SourceConfig(kind="rtsp", uri="rtsp://user:pw@cam/x", stall_timeout_s=0.3, reconnect_min_s=0.05)
+        # 1 s: long enough that opening a file and decoding a frame fits on a loaded box, short enough for the suite
+        config = SourceConfig(kind="rtsp", uri="rtsp://user:pw@cam/x", stall_timeout_s=1.0, reconnect_min_s=0.05)
         source = LiveSource(config, Stuck)
         try:
-            frames = read_all(source, limit=3, timeout=5)
+            frames = read_all(source, limit=3, timeout=30)
             assert [f.outage for f in frames] == [False, True, False]
             assert "stalled" in (frames[1].error or "") and "pw" not in (frames[1].error or "")
             assert len(opened) >= 2
         finally:
             source.close()
+            release.set()
+
+    def test_backoff_doubles_to_max_and_restarts_after_frames(self, tmp_path: Path) -> None:
+        """Reconnect delays double from reconnect_min_s to reconnect_max_s, never give up, and start again at the
+        minimum once the camera delivered frames (the delays the reader waits, as logged, not the wall clock)."""
+        video, missing = tmp_path / "one.avi", tmp_path / "missing.avi"
+        write_video(video, 1)
+        calls: list[int] = []
+        enough = threading.Event()
+
+        def opener() -> cv2.VideoCapture:
+            calls.append(1)
+            if len(calls) > 10:
+                enough.set()
+            # the 5th connection works and delivers one frame, then its stream ends; every other one finds nothing
+            return cv2.VideoCapture(str(video if len(calls) == 5 else missing))
+
+        config = SourceConfig(kind="rtsp", uri="rtsp://cam/x", reconnect_min_s=0.01, reconnect_max_s=0.16)
+        with capture_logs() as logs:
+            source = LiveSource(config, opener)
+            try:
+                assert enough.wait(30), f"only {len(calls)} connection attempts in 30 s"
+            finally:
+                source.close()
+        delays = [e["retry_in_s"] for e in logs if e["event"] in ("camera_lost", "camera_retry")][:10]
+        assert delays == pytest.approx([0.01, 0.02, 0.04, 0.08, 0.01, 0.02, 0.04, 0.08, 0.16, 0.16])
+        assert [e["event"] for e in logs if e["event"] == "camera_lost"] == ["camera_lost"] * 2  # once per outage
 
     def test_gstreamer_needs_opencv_with_gstreamer(self) -> None:
         """Without GStreamer in OpenCV, kind gstreamer fails with a message saying what to install."""

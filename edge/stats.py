@@ -125,9 +125,12 @@ class PipelineStats:
         with self._lock:
             self._hist[stage].observe(seconds)
 
-    def beat(self, stage: str) -> None:
-        """Mark `stage` alive now; each stage loop calls this every iteration, idle or not."""
-        now = time.monotonic()
+    def beat(self, stage: str, at: float | None = None) -> None:
+        """Mark `stage` alive now; each stage loop calls this every iteration, idle or not.
+
+        `at` (a time.monotonic() value) backdates the beat: how tests make a stage look hung without waiting.
+        """
+        now = time.monotonic() if at is None else at
         with self._lock:
             self._beats[stage] = now
 

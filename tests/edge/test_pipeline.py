@@ -263,8 +263,10 @@ class TestPipelineTriggered:
         assert [v.frame_id for v in verdicts] == list(range(5))  # no-frame errors are numbered like frames
 
     def test_trigger_timeout_is_error(self, bundle: Bundle, tmp_path: Path) -> None:
-        """A camera that is connected but sends nothing: the trigger gets an error verdict once trigger_timeout_s
-        has passed (not before, and not only when the camera is declared stalled much later)."""
+        """A connected camera that sends nothing: the trigger's error verdict comes once trigger_timeout_s passed.
+
+        Not before it, and not only when the camera is declared stalled much later.
+        """
         release = threading.Event()
 
         class Silent:

@@ -191,8 +191,11 @@ class TestLiveSource:
             release.set()
 
     def test_backoff_doubles_to_max_and_restarts_after_frames(self, tmp_path: Path) -> None:
-        """Reconnect delays double from reconnect_min_s to reconnect_max_s, never give up, and start again at the
-        minimum once the camera delivered frames (the delays the reader waits, as logged, not the wall clock)."""
+        """Reconnect delays double from reconnect_min_s up to reconnect_max_s and never give up.
+
+        They start again at the minimum once the camera delivered frames. Checked on the delays the reader waits, as
+        logged, not on the wall clock.
+        """
         video, missing = tmp_path / "one.avi", tmp_path / "missing.avi"
         write_video(video, 1)
         calls: list[int] = []

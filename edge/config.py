@@ -250,8 +250,9 @@ class Config(BaseSettings):
 def load_config(path: Path | str | None = None, *, base_dir: Path | None = None) -> Config:
     """Read `path` (or only defaults + env when None), apply env overrides and secrets, and validate.
 
-    Relative paths in the file are resolved against `base_dir` (default: the current directory), as an operator
-    running `inspectd run --config /etc/inspectd/config.toml` from anywhere expects paths relative to where they are.
+    Relative paths are resolved against `base_dir`, by default the config file's folder (the current directory when
+    there is no file), as an operator running `inspectd run --config /etc/inspectd/config.toml` from anywhere
+    expects: paths relative to where the file is, as README.md and config.toml say.
 
     Raises:
         ConfigError: one line per problem, each naming the key path, e.g. `mqtt.port: must be 1..65535, got 70000`.
@@ -277,7 +278,9 @@ def load_config(path: Path | str | None = None, *, base_dir: Path | None = None)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, Config)) from None
     _read_credentials(config)
-    _resolve_paths(config, base_dir or Path.cwd())
+    if base_dir is None:
+        base_dir = Path(path).resolve().parent if path is not None else Path.cwd()
+    _resolve_paths(config, base_dir)
     return config
 
 

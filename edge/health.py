@@ -46,7 +46,9 @@ class PipelineCollector(Collector):
         snap: dict[str, Any] = self.stats.snapshot()
         yield _counter("frames_captured", "Frames read from the source.", snap.get("frames_captured", 0))
         yield _counter(
-            "frames_skipped", "Frames skipped because the pipeline was behind (each still got an error verdict).",
+            "frames_skipped",
+            "Frames not inspected because the pipeline was behind a live source; by design they get no verdict and no "
+            "seq (they show as frame_id gaps).",
             snap.get("frames_skipped", 0),
         )
         verdicts = CounterMetricFamily(f"{PREFIX}_verdicts", "Verdicts published, by kind.", labels=["verdict"])

@@ -66,10 +66,22 @@ class TestLoadConfig:
         with pytest.raises(ConfigError, match="mqtt.password is set but mqtt.username is not"):
             load_config(write(tmp_path, ""))
 
-    def test_relative_paths_against_base(self, tmp_path):
-        """Relative paths are taken relative to the config file's folder."""
-        config = load_config(write(tmp_path, '[model]\nbundle = "b"'), base_dir=tmp_path)
-        assert config.model.bundle == tmp_path / "b"
+    def test_relative_paths_against_the_files_folder(self, tmp_path, monkeypatch):
+        """Relative paths are taken relative to the config file's folder, wherever the caller runs from."""
+        folder = tmp_path / "etc"
+        folder.mkdir()
+        elsewhere = tmp_path / "cwd"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        path = write(folder, '[model]\nbundle = "b"\n[mqtt]\nspool_dir = "../spool"\n[debug]\ncurve_secret_key = "k"')
+        config = load_config(path)
+        assert config.model.bundle == folder / "b"
+        assert config.mqtt.spool_dir == folder / "../spool"
+        assert config.debug.curve_secret_key == folder / "k"
+        assert load_config("../etc/c.toml").model.bundle == folder / "b"  # a relative file name too
+        assert load_config(path, base_dir=tmp_path).model.bundle == tmp_path / "b"  # an explicit base wins
+        monkeypatch.setenv("INSPECTD_MODEL__BUNDLE", "envb")
+        assert load_config(None).model.bundle == elsewhere / "envb"  # no file: the current directory
 
 
 class TestConfigCheckCommand:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import zmq
 import zmq.auth
+from structlog.testing import capture_logs
 
 from edge.config import DebugConfig
 from edge.errors import ConfigError
@@ -219,18 +220,21 @@ class TestDebugSink:
             receive_one(stalled, sink)  # connected and subscribed; from now on it never reads
             frames = [make_inspection(i, size=384, noise=True) for i in range(8)]  # ~450 KB JPEGs: fill buffers fast
             done = threading.Event()
+            target = sink.sent + 60  # far more than the stalled peer's buffers hold: sending must go on past them
 
             def flood() -> None:
-                for i in range(300):
+                deadline, i = time.monotonic() + 60, 0
+                while sink.sent < target and time.monotonic() < deadline:
                     sink.publish(frames[i % len(frames)])
+                    i += 1
                     time.sleep(0.005)
                 done.set()
 
             thread = threading.Thread(target=flood, daemon=True)
             thread.start()
-            thread.join(timeout=30)
+            thread.join(timeout=90)
             assert done.is_set(), "publish blocked behind a stalled subscriber"
-            assert sink.sent > 60, f"encoder thread stalled: only {sink.sent} sent"
+            assert sink.sent >= target, f"encoder thread stalled: only {sink.sent} of {target} sent within 60 s"
             live = subscriber(ctx, sink.endpoint)
             seen = [decode_message(receive_one(live, sink, seq0=10_000 + 100 * i)).header["seq"] for i in range(3)]
             assert max(seen) >= 10_000, f"a live subscriber got only stale frames {seen} beside a stalled one"
@@ -265,11 +269,27 @@ class TestDebugSink:
             DebugSink(loopback(curve_secret_key=tmp_path / "nope.key_secret"))
 
     def test_close_is_idempotent(self) -> None:
-        """close() twice is harmless (the daemon's shutdown path and a context manager may both call it)."""
-        sink = DebugSink(loopback())
-        sink.publish(make_inspection(0))
-        sink.close()
-        sink.close()
+        """close() stops the encoder and frees the port; twice is harmless (shutdown path and context manager)."""
+        before = set(threading.enumerate())
+        with capture_logs() as logs:
+            sink = DebugSink(loopback())
+            sink.publish(make_inspection(0))
+            sink.close()
+            sink.close()
+        assert not [t for t in set(threading.enumerate()) - before if t.name == "debug-stream"], "encoder still runs"
+        closed = [e for e in logs if e["event"] == "debug_stream_closed"]
+        assert len(closed) == 1, "the second close() must do nothing"
+        assert closed[0]["sent"] + closed[0]["dropped"] <= 1 and closed[0]["errors"] == 0
+        # the socket is really closed: the same endpoint can be bound again (ZeroMQ unbinds in its I/O thread)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                DebugSink(DebugConfig(enabled=True, bind=sink.endpoint)).close()
+                break
+            except ConfigError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
 
 
@@ -317,15 +337,16 @@ def _bench_once(tmp_path: Path, frames: int, endpoint: str, *, debug: bool = Tru
     return frames / elapsed, 1000.0 * cpu / frames
 
 
-@pytest.mark.slow
+@pytest.mark.benchmark
 class TestStalledSubscriberBenchmark:
-    """Daemon throughput with a stalled debug subscriber (printed, not asserted)."""
+    """Daemon throughput with a stalled debug subscriber (printed, not asserted; outside the pass/fail suite)."""
 
     def test_throughput_ratio(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        """Prints daemon throughput with a stalled debug subscriber vs none (benchmark: reported, not asserted).
+        """Prints daemon throughput and CPU per frame with a stalled debug subscriber vs none.
 
         Paired trials, alternating which variant runs first, so the load of a shared machine hits both alike; the
-        stalled subscriber is another process (as a viewer would be) that stays connected across daemon runs.
+        stalled subscriber is another process (as a viewer would be) that stays connected across daemon runs. The
+        pass/fail guarantee (publish never waits for a subscriber) is test_stalled_subscriber_does_not_block.
         """
         import os
         import subprocess
@@ -374,4 +395,3 @@ class TestStalledSubscriberBenchmark:
                 f"(per pair: {' '.join(f'{r:.2f}' for r in ratios)}), CPU-per-frame-based {np.median(cpu_ratios):.3f} "
                 f"(per pair: {' '.join(f'{r:.2f}' for r in cpu_ratios)})"
             )
-        assert len(ratios) == trials and all(r > 0 for r in ratios)

@@ -92,8 +92,35 @@ class TestServeMetrics:
         assert value(samples, "inspectd_spool_depth") == 7
         assert value(samples, "inspectd_queue_depth", queue="frames") == 2
         assert value(samples, "inspectd_backend_info", backend="onnxruntime") == 1
-        assert "inspectd_fps" in samples
         assert value(samples, "inspectd_process_resident_memory_bytes") > 0
+
+    def test_fps_is_verdicts_over_the_recent_span(self) -> None:
+        """inspectd_fps is the verdicts published in the window divided by the time since the first of them."""
+        stats = PipelineStats()
+        first = time.monotonic()
+        for kind in ["pass"] * 30 + ["fail"] * 10:
+            stats.verdict(kind)
+        last = time.monotonic()
+        port = free_port()
+        stop = serve_metrics(MetricsConfig(host="127.0.0.1", port=port), stats)
+        try:
+            before = time.monotonic()
+            samples = scrape(port)
+            after = time.monotonic()
+        finally:
+            stop()
+        fps = value(samples, "inspectd_fps")
+        # 40 verdicts between `first` and `last`, read at some moment between `before` and `after`
+        assert 40 / (after - first) - 0.001 <= fps <= 40 / (before - last) + 0.001
+        assert value(samples, "inspectd_verdicts_total", verdict="pass") == 30
+
+    def test_help_texts(self, served: int) -> None:
+        """The HELP lines say what the numbers mean: a skipped frame gets no verdict (by design)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{served}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        docs = {f.name: f.documentation for f in text_string_to_metric_families(text)}
+        assert "no verdict" in docs["inspectd_frames_skipped"]
+        assert "error verdict" not in docs["inspectd_frames_skipped"]
 
     def test_latency_histograms_per_stage(self, served: int) -> None:
         """Each stage has a cumulative histogram whose buckets, count and sum match what was observed."""

@@ -310,6 +310,20 @@ class TestPipelineTriggered:
         assert answered - received >= 0.3
 
 
+class TestReadmeVerdict:
+    """The verdict example in README.md is what the daemon sends."""
+
+    def test_example_matches_schema_and_hash(self, bundle: Bundle) -> None:
+        """The README's verdict JSON validates against the schema and carries a hash as long as short_hash."""
+        root = Path(__file__).resolve().parents[2]
+        readme = (root / "README.md").read_text()
+        block = readme.split("A verdict on `<prefix>/result`:", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+        example = json.loads(block)
+        jsonschema.validate(example, json.loads((root / "edge" / "result.schema.json").read_text()))
+        assert len(example["model"]["hash"]) == len(bundle.short_hash) == 12
+        assert all(c in "0123456789abcdef" for c in example["model"]["hash"])
+
+
 class TestSeqCounter:
     """SeqCounter (edge/seq.py)."""
 

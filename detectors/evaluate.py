@@ -78,8 +78,13 @@ def save_grid(
 def _pick_rows(category: Category, n_good: int = 2, n_bad: int = 6) -> list[int]:
     good = [i for i, s in enumerate(category.test) if s.label == 0]
     bad = [i for i, s in enumerate(category.test) if s.label == 1]
-    pick = lambda idx, n: [idx[round(j * (len(idx) - 1) / max(n - 1, 1))] for j in range(min(n, len(idx)))]  # noqa: E731
-    return pick(good, n_good) + pick(bad, n_bad)
+    return _spread(good, n_good) + _spread(bad, n_bad)
+
+
+def _spread(idx: list[int], n: int) -> list[int]:
+    """Up to `n` of `idx`, evenly spaced, first and last included, none twice."""
+    k = min(n, len(idx))
+    return [idx[round(j * (len(idx) - 1) / max(k - 1, 1))] for j in range(k)]
 
 
 def evaluate_checkpoint(

@@ -87,9 +87,13 @@ class TestRequireGood:
         with pytest.raises(DatasetError, match="at least 20 good images, found 7"):
             require_good(7, "some/dir")
 
-    def test_enough(self):
-        """The minimum itself is accepted."""
-        require_good(20, "some/dir")
+    @pytest.mark.parametrize(("found", "minimum", "short"), [(19, 20, 1), (4, 5, 1), (0, 20, 20)])
+    def test_boundary(self, found, minimum, short):
+        """The minimum itself is accepted, one fewer is refused, and the message says how many more to add."""
+        assert require_good(minimum, "some/dir", minimum) is None
+        assert require_good(minimum + 50, "some/dir", minimum) is None
+        with pytest.raises(DatasetError, match=f"at least {minimum} good images, found {found} in some/dir; add {short} more"):
+            require_good(found, "some/dir", minimum)
 
 
 class TestToRaw:

@@ -111,6 +111,8 @@ class TestCalibrate:
                 {"offset": t.offset, "image": t.image, "pixel": t.pixel}, rel=1e-6
             )
         written = {f.target for f in meta.int8}
+        # The tiny detector quantises without loss: a flavour refused here means the INT8 path itself broke.
+        assert written == {"tensorrt", "cpu"}, out
         for target, file in (("tensorrt", "model_int8_trt.onnx"), ("cpu", "model_int8_cpu.onnx")):
             assert (bundle_dir / file).is_file() == (target in written)
             assert f"int8 {target}: {'written' if target in written else 'not written'}" in out

@@ -3,8 +3,38 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import cv2
+import numpy as np
 
 from edge.cli import main
+
+
+def check_grid(path: Path, n_good: int, n_defective: int, cell: int = 160) -> None:
+    """Check the grid's pixels, not just that a file exists.
+
+    One row per picked test image (2 good, then up to 6 defective, none twice); columns input | map over the input |
+    map >= threshold | ground truth; the thresholded pixels are where the overlay is hot.
+    """
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    n_rows = min(2, n_good) + min(6, n_defective)
+    assert img is not None and img.shape == (18 + n_rows * cell, 4 * cell, 3)
+    rows = [img[18 + r * cell + 20 : 18 + (r + 1) * cell] for r in range(n_rows)]  # below each row's label
+    cells = [[row[:, c * cell : (c + 1) * cell].astype(int) for c in range(4)] for row in rows]
+    inputs = [c[0] for c in cells]
+    assert all(not np.array_equal(a, b) for i, a in enumerate(inputs) for b in inputs[i + 1 :]), "an image shown twice"
+    hot, cold = [], []
+    for r, (image, overlay, pred, truth) in enumerate(cells):
+        for binary in (pred, truth):
+            assert set(np.unique(binary)) <= {0, 255} and (binary == binary[..., :1]).all(), "masks are black/white"
+        assert truth.any() == (r >= min(2, n_good)), f"row {r}: ground truth must be empty exactly for good images"
+        assert np.abs(overlay - image).mean() > 10, f"row {r}: no heatmap over the input"
+        red_minus_blue = overlay[..., 2] - overlay[..., 0]
+        hot += list(red_minus_blue[pred[..., 0] == 255])
+        cold += list(red_minus_blue[pred[..., 0] == 0])
+    assert hot and cold
+    assert np.mean(hot) > np.mean(cold) + 40, "pixels at or over the threshold must show red on the jet scale"
 
 
 class TestEvaluateAndBenchmark:
@@ -32,7 +62,7 @@ class TestEvaluateAndBenchmark:
             assert isinstance(result[key], float), key
         assert 0 <= result["image_auroc"] <= 1 and 0 <= result["aupro"] <= 1
         assert result["n_good"] == 4 and result["n_defective"] == 5
-        assert grid.stat().st_size > 1000
+        check_grid(grid, result["n_good"], result["n_defective"])
 
     def test_benchmark_table(self, tiny_dataset, tmp_path):
         """benchmark-detectors trains and evaluates each detector asked for and writes one Markdown row each."""

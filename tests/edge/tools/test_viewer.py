@@ -211,11 +211,14 @@ class TestViewer:
                         publish_frame(sink, seq)
                         seq += 1
                         viewer.poll(50)
+                        received_at = time.monotonic()  # no later than gap_s after the last arrival, however loaded
                     assert viewer.received > before, f"no frames in round {round_}"
-                    assert not viewer.stale()
-                    live = viewer.view()
-                time.sleep(0.5)
-                viewer.poll(10)
+                    assert not viewer.stale(received_at)
+                    live = viewer.view(received_at)
+                # the publisher is gone: the view turns stale once gap_s passed without a frame
+                deadline = time.monotonic() + 15
+                while not viewer.stale() and time.monotonic() < deadline:
+                    viewer.poll(50)
                 assert viewer.stale()
                 waiting = viewer.view()
                 main = waiting[: live.shape[0] - 60]
@@ -228,25 +231,51 @@ class TestViewer:
         """Overlay off shows the plain frame; failed frames fill the strip and passes do not."""
         endpoint = f"tcp://127.0.0.1:{free_port()}"
         viewer = Viewer(endpoint, width=WIDTH, strip=4)
+        seq = 0
+
+        def show(sink: DebugSink, *, fail: bool, retry: bool = False) -> None:
+            """Publish one frame and wait until the viewer shows it (`retry`: republish until the SUB is joined)."""
+            nonlocal seq
+            seq += 1
+            publish_frame(sink, seq, fail=fail)
+            deadline = time.monotonic() + 15
+            while (viewer.shown is None or viewer.shown.header["seq"] < seq) and time.monotonic() < deadline:
+                if viewer.poll(50) == 0 and retry:
+                    seq += 1
+                    publish_frame(sink, seq, fail=fail)
+            assert viewer.shown is not None and viewer.shown.header["seq"] == seq, f"frame {seq} never shown"
+
         try:
             with DebugSink(DebugConfig(enabled=True, bind=endpoint, fps=100)) as sink:
-                seq = 0
-                deadline = time.monotonic() + 15
-                while len(viewer.failed) < 3 and time.monotonic() < deadline:
-                    publish_frame(sink, seq, fail=seq % 2 == 0)
-                    seq += 1
-                    time.sleep(0.02)
-                    viewer.poll(10)
-            assert len(viewer.failed) >= 3
+                show(sink, fail=False, retry=True)  # ZeroMQ's slow joiner: frames before the subscription are lost
+                for _ in range(3):
+                    show(sink, fail=False)
+                assert len(viewer.failed) == 0, "a pass went into the failed-frame strip"
+                passes_only = viewer.view()
+                for i in range(3):
+                    show(sink, fail=True)
+                    assert len(viewer.failed) == i + 1
+                    show(sink, fail=False)
+                    assert len(viewer.failed) == i + 1, "a pass went into the failed-frame strip"
+                show(sink, fail=True)
+                assert len(viewer.failed) == 4
+                for _ in range(3):  # the strip keeps the last `strip` failures, oldest dropped
+                    show(sink, fail=True)
+                assert len(viewer.failed) == 4
             with_overlay = viewer.view()
             viewer.overlay = False
             plain = viewer.view()
         finally:
             viewer.close()
+        assert viewer.shown is not None and viewer.shown.header["verdict"] == "fail"
         top = render.BANNER_H
         x, y, w, h = (2 * v for v in BLOB)
-        if viewer.shown is not None and viewer.shown.header["verdict"] == "fail":
-            blob_plain = plain[top + y + 6 : top + y + h - 6, x + 6 : x + w - 6].astype(int).mean(axis=(0, 1))
-            blob_over = with_overlay[top + y + 6 : top + y + h - 6, x + 6 : x + w - 6].astype(int).mean(axis=(0, 1))
-            assert blob_plain.min() > 200  # white blob, no tint
-            assert blob_over[2] - blob_over[0] > 40  # tinted red
+        blob_plain = plain[top + y + 6 : top + y + h - 6, x + 6 : x + w - 6].astype(int).mean(axis=(0, 1))
+        blob_over = with_overlay[top + y + 6 : top + y + h - 6, x + 6 : x + w - 6].astype(int).mean(axis=(0, 1))
+        assert blob_plain.min() > 200  # white blob, no tint
+        assert blob_over[2] - blob_over[0] > 40  # tinted red
+        cell = WIDTH // 4  # strip=4 cells across the view's width, 3:4 high, at the bottom of the view
+        strip_h = round(cell * 0.75)
+        assert (passes_only[-strip_h:] == 30).all(), "passes drew into the failed-frame strip"
+        thumbs = [with_overlay[-strip_h:, i * cell : (i + 1) * cell] for i in range(4)]
+        assert all(t.std() > 10 for t in thumbs), "the strip should hold four failed frames"

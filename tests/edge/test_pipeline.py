@@ -305,7 +305,7 @@ class TestPipelineTriggered:
             pipeline.source.close()
             release.set()  # after close: the reader exits without reporting an outage
         (verdict,) = (i.verdict for i in sink.items)
-        assert (verdict.part_id, verdict.verdict, verdict.seq) == ("P1", "error", 0)
+        assert (verdict.part_id, verdict.outcome, verdict.seq) == ("P1", "error", 0)
         assert "no frame from camera cam0 within 0.3 s of the trigger" in (verdict.error or "")
         assert answered - received >= 0.3
 

@@ -2,30 +2,36 @@
 
 Two flavours, because the fast form differs by runtime (see ../shared/FIELD-NOTES.md):
 - "tensorrt": QDQ, symmetric int8 activations and weights, per channel (zero point 0, as TensorRT requires);
-  TensorRT 10/11 builds INT8 engines from these Q/DQ nodes. On a CPU without VNNI this form is *slower* than FP32.
-- "cpu": QDQ U8S8 (uint8 activations, int8 weights, reduce_range) for ONNX Runtime on CPUs without VNNI.
+  TensorRT 10/11 builds INT8 engines from these Q/DQ nodes. Judged on the plain Q/DQ arithmetic (what TensorRT
+  computes), not on ONNX Runtime's CPU kernels: on x86 ONNX Runtime fuses no int8-activation Conv (its
+  `QDQIsInt8Allowed()` is false off ARM), so this form runs mostly as float convolutions there.
+- "cpu": QDQ U8S8 (uint8 activations, int8 weights, full 8-bit range) for ONNX Runtime's integer kernels. Not
+  `reduce_range`: 7-bit weights cost padim 12 image-AUROC points; on a CPU without VNNI the daemon runs this graph
+  with `session.x64quantprecision` (U8U8 products that cannot saturate) and times it against FP32 at start-up.
 
-Only the detector's learned layers (Conv, MatMul, Gemm) are quantised. The uint8 input, cast and normalisation, the
-thresholds and comparisons, and fixed-kernel arithmetic such as Gaussian smoothing or SSIM windows (recognised by
-their module names in the node names) stay FP32: they are cheap, and an 8-bit threshold or smoothing kernel would
-move verdicts. Each flavour must keep image / pixel AUROC within `GATE_POINTS` of FP32 on an evaluation set, and its
-CPU latency is measured against FP32 so the daemon's `precision = "auto"` picks INT8 only where it is faster.
+What is quantised is decided by `calib.sensitivity.search` over the detector's learned blocks (`calib.qdq`): all
+of them if the gate holds, else the most sensitive stay FP32 one at a time. The uint8 input and its normalisation,
+the detector-level arithmetic (distance, smoothing, max) and the thresholds always stay FP32. Each flavour must keep
+image / pixel AUROC within `GATE_POINTS` of FP32 on an evaluation set; bundle.json records what stayed FP32 and why,
+the calibration, and the FP32/INT8 latency on the calibrating CPU (the daemon re-times on its own, see
+edge/backends/precision.py).
 """
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.bundle import Int8Flavour
-from edge.contract import INPUT_NAME, THRESHOLD_INITIALIZERS
+from calib.qdq import QuantSpec, block_of, learned_blocks, prepare
+from calib.sensitivity import Plan, search
+from edge.backends.precision import cpu_identity
+from edge.bundle import Fp32Part, Int8Flavour
+from edge.contract import THRESHOLD_INITIALIZERS
 from edge.evaluation.metrics import image_auroc, pixel_auroc
 from edge.log import get_logger
 from export.runtime import paired_latency, run_model
@@ -37,30 +43,28 @@ log = get_logger(__name__)
 
 GATE_POINTS = 0.5  # max AUROC change, in points (0.5 = 0.005), either way: thresholds were set on FP32 outputs
 MAX_CALIBRATION_IMAGES = 32
-QUANTISED_OPS = ["Conv", "MatMul", "Gemm"]
-# Module-name fragments of fixed-kernel or statistics code that must stay FP32 (node names carry module paths).
-KEEP_FP32 = ("post", "blur", "smooth", "gauss", "ssim", "mahalanobis")
+FLOAT_COMPUTE = ("Conv", "MatMul", "Gemm")  # detector-level nodes of these types are named in bundle.json
 
 
 @dataclass(frozen=True)
 class FlavourSpec:
-    """How to quantise for one runtime."""
+    """How to quantise for one runtime, and how its accuracy is judged (`optimize`: on ORT's fused kernels)."""
 
     target: str  # "tensorrt" | "cpu"
     file: str
     quant: str
-    activation: str  # QuantType member name
-    weight: str
-    reduce_range: bool
-    symmetric: bool
+    spec: QuantSpec
+    optimize: bool
 
 
 FLAVOURS: dict[str, FlavourSpec] = {
     "tensorrt": FlavourSpec(
-        "tensorrt", "model_int8_trt.onnx", "QDQ S8S8 symmetric per-channel", "QInt8", "QInt8", False, True
+        "tensorrt", "model_int8_trt.onnx", "QDQ S8S8 symmetric per-channel",
+        QuantSpec("QInt8", "QInt8", symmetric=True), optimize=False,
     ),
     "cpu": FlavourSpec(
-        "cpu", "model_int8_cpu.onnx", "QDQ U8S8 per-channel reduce_range", "QUInt8", "QInt8", True, False
+        "cpu", "model_int8_cpu.onnx", "QDQ U8S8 per-channel", QuantSpec("QUInt8", "QInt8", symmetric=False),
+        optimize=True,
     ),
 }
 
@@ -93,109 +97,123 @@ def make_flavours(
     threads: int = 2,
     fp32_metrics: dict[str, float] | None = None,
 ) -> list[FlavourResult]:
-    """Quantise model.onnx for each target, gate it, time it; files of refused flavours are removed.
+    """Search, gate and time each target's Q/DQ graph; files of refused flavours are removed.
 
     `fp32_metrics` is `evaluate(model.onnx, evaluation)` when the caller already has it.
     """
     fp32 = bundle_dir / "model.onnx"
-    results: list[FlavourResult] = []
-    fp32_eval = fp32_metrics or (evaluate(fp32, evaluation, threads) if evaluation is not None else None)
     for target in targets:
-        spec = FLAVOURS[target]
-        out = bundle_dir / spec.file
-        out.unlink(missing_ok=True)
-        if evaluation is None or fp32_eval is None:
+        (bundle_dir / FLAVOURS[target].file).unlink(missing_ok=True)
+    fp32_eval = fp32_metrics or (evaluate(fp32, evaluation, threads) if evaluation is not None else None)
+    if evaluation is None or fp32_eval is None:
+        why = "no evaluation set with good and defective images (give --eval CATEGORY or --defects DIR)"
+        return [FlavourResult(t, None, why) for t in targets]
+    calibration, probe, described = calibration_sets(good)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="inspectd-int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        prepare(fp32, prepared)
+        for target in targets:
             results.append(
-                FlavourResult(
-                    target,
-                    None,
-                    "no evaluation set with good and defective images (give --eval CATEGORY or --defects DIR)",
-                )
+                _flavour(FLAVOURS[target], fp32, prepared, Path(tmp), calibration, probe, described, evaluation,
+                         fp32_eval, threads)
             )
-            continue
-        quantise(fp32, out, good, spec)
-        # TensorRT's INT8 is judged on the plain Q/DQ arithmetic (see export.runtime.open_session); the CPU flavour
-        # on ONNX Runtime's fused kernels, which is what the daemon will run.
-        int8_eval = evaluate(out, evaluation, threads, optimize=target != "tensorrt")
-        assert int8_eval is not None  # same evaluation set as FP32
-        deltas = {k: 100.0 * (int8_eval[k] - fp32_eval[k]) for k in fp32_eval}
-        worst = max(abs(d) for d in deltas.values())
-        shown = ", ".join(f"{k} {fp32_eval[k]:.4f} -> {int8_eval[k]:.4f} ({d:+.2f} pts)" for k, d in deltas.items())
-        # Timed before the verdict, so a refusal still tells the operator what INT8 would have bought.
-        fp32_ms, int8_ms = paired_latency(fp32, out, good[0], threads=threads)
-        speed = f"ORT CPU {threads} threads FP32 {fp32_ms:.2f} ms vs INT8 {int8_ms:.2f} ms per image"
-        if worst > GATE_POINTS:
-            out.unlink(missing_ok=True)
-            msg = f"accuracy gate failed on {evaluation.source}: {shown}; limit {GATE_POINTS} points ({speed})"
-            results.append(FlavourResult(target, None, msg))
-            continue
-        entry = Int8Flavour(
-            file=spec.file,
-            target=spec.target,  # type: ignore[arg-type]
-            quant=spec.quant,
-            image_auroc_delta=round(deltas["image_auroc"], 4),
-            pixel_auroc_delta=round(deltas["pixel_auroc"], 4) if "pixel_auroc" in deltas else None,
-            fp32_ms=round(fp32_ms, 3),
-            int8_ms=round(int8_ms, 3),
-            faster=int8_ms < fp32_ms,
-        )
-        log.info("int8_flavour", target=target, fp32_ms=fp32_ms, int8_ms=int8_ms, **deltas)
-        results.append(
-            FlavourResult(
-                target,
-                entry,
-                f"accepted: {shown}; {speed}",
-            )
-        )
     return results
 
 
-def quantise(fp32: Path, out: Path, good: np.ndarray, spec: FlavourSpec) -> None:
-    """Write the Q/DQ model for `spec`, calibrated (min/max) on up to MAX_CALIBRATION_IMAGES good images."""
+def _flavour(
+    flavour: FlavourSpec,
+    fp32: Path,
+    prepared: Path,
+    tmp: Path,
+    calibration: np.ndarray,
+    probe: np.ndarray,
+    described: str,
+    evaluation: EvalSet,
+    fp32_eval: dict[str, float],
+    threads: int,
+) -> FlavourResult:
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    class _Reader(CalibrationDataReader):
-        def __init__(self, images: np.ndarray) -> None:
-            self._it: Iterator[np.ndarray] = iter(images)
+    model = onnx.load(str(prepared), load_external_data=False)
+    blocks = learned_blocks(model)
+    judged: dict[Path, dict[str, float]] = {}
 
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            image = next(self._it, None)
-            return None if image is None else {INPUT_NAME: np.ascontiguousarray(image[None])}
+    def gate(path: Path) -> bool:
+        int8_eval = evaluate(path, evaluation, threads, optimize=flavour.optimize)
+        assert int8_eval is not None  # same evaluation set as FP32
+        judged[path] = {k: 100.0 * (int8_eval[k] - fp32_eval[k]) for k in fp32_eval}
+        log.info("int8_gate", target=flavour.target, **{k: round(v, 3) for k, v in judged[path].items()})
+        return max(abs(d) for d in judged[path].values()) <= GATE_POINTS
 
-    model = onnx.load(str(fp32))
-    weights = {i.name: len(i.dims) for i in model.graph.initializer}
-    exclude = [n.name for n in model.graph.node if n.op_type in QUANTISED_OPS and _keep_fp32(n, weights)]
+    staged = tmp / flavour.file
+    plan = search(prepared, staged, blocks, flavour.spec, calibration, probe, gate, tmp / f"{flavour.target}.json",
+                  threads=threads, optimize=flavour.optimize)
+    deltas = judged[staged]
+    shown = ", ".join(f"{k} {fp32_eval[k]:.4f} -> {fp32_eval[k] + d / 100:.4f} ({d:+.2f} pts)"
+                      for k, d in deltas.items())
+    kept = f"{len(plan.kept)} of {len(blocks)} learned blocks kept FP32" + (
+        f" ({', '.join(plan.kept)})" if plan.kept else "")
+    # Timed before the verdict, so a refusal still tells the operator what INT8 would have bought.
+    fp32_ms, int8_ms = paired_latency(fp32, staged, calibration[0], threads=threads)
+    speed = f"ORT CPU {threads} threads FP32 {fp32_ms:.2f} ms vs INT8 {int8_ms:.2f} ms per image"
+    if not plan.passed:
+        msg = (f"accuracy gate failed on {evaluation.source} even with {kept}: {shown}; limit {GATE_POINTS} points "
+               f"({speed})")
+        return FlavourResult(flavour.target, None, msg)
+    names = {i.name for i in onnx.load(str(staged), load_external_data=False).graph.initializer}
+    missing = [n for n in THRESHOLD_INITIALIZERS.values() if n not in names]
+    if missing:
+        msg = f"quantised graph lost the threshold initializers {missing}"
+        raise RuntimeError(msg)
+    shutil.move(str(staged), fp32.parent / flavour.file)  # the temp folder may be on another file system
+    cpu = cpu_identity()
+    entry = Int8Flavour(
+        file=flavour.file,
+        target=flavour.target,  # type: ignore[arg-type]
+        quant=flavour.quant,
+        image_auroc_delta=round(deltas["image_auroc"], 4),
+        pixel_auroc_delta=round(deltas["pixel_auroc"], 4) if "pixel_auroc" in deltas else None,
+        fp32_ms=round(fp32_ms, 3),
+        int8_ms=round(int8_ms, 3),
+        faster=int8_ms < fp32_ms,
+        measured_on=f"{cpu['model']} ({' '.join(cpu['isa']) or 'no SIMD flags read'})",
+        calibration=f"{flavour.spec.method}, {described}",
+        fp32=fp32_parts(model, plan),
+    )
+    log.info("int8_flavour", target=flavour.target, fp32_ms=fp32_ms, int8_ms=int8_ms, kept=list(plan.kept), **deltas)
+    return FlavourResult(flavour.target, entry, f"accepted: {shown}; {kept}; {speed}")
+
+
+def fp32_parts(model: onnx.ModelProto, plan: Plan) -> list[Fp32Part]:
+    """bundle.json's record of what stayed FP32: the kept blocks with their sensitivity, then the fixed parts."""
+    rank = {e.block: (i + 1, e.error) for i, e in enumerate(plan.ranking)}
+    parts = [
+        Fp32Part(nodes=b, reason=f"sensitive: quantised alone it moves the normalised outputs by {rank[b][1]:.4f} "
+                 f"(rank {rank[b][0]} of {len(rank)}); all-INT8 failed the accuracy gate")
+        for b in plan.kept
+    ]
+    fixed = [n.name for n in model.graph.node if n.op_type in FLOAT_COMPUTE and block_of(n.name) is None]
+    parts += [Fp32Part(nodes=n, reason="not a learned layer (distance, smoothing or score arithmetic): 8 bits "
+                       "would quantise the anomaly map itself") for n in fixed]
+    parts.append(Fp32Part(nodes="input cast and normalisation, thresholds and outputs",
+                          reason="pre/post-processing of the bundle contract"))
+    return parts
+
+
+def calibration_sets(good: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """(calibration images, probe images for the sensitivity ranking, a description for bundle.json).
+
+    Calibration: up to MAX_CALIBRATION_IMAGES good images spread over the set, plus stressed copies of every other
+    one; probe: the other good images (or the same when there are few) and their stressed copies (another seed).
+    """
     pick = np.linspace(0, len(good) - 1, min(len(good), MAX_CALIBRATION_IMAGES)).round().astype(int)
     calibration = np.concatenate([good[pick], stressed(good[pick[::2]])])
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True} if spec.symmetric else {}
-    root = logging.getLogger()
-    root.addFilter(_drop_preprocess_hint)
-    with tempfile.TemporaryDirectory(prefix="inspectd-int8-") as tmp:
-        staged = Path(tmp) / spec.file
-        try:
-            quantize_static(
-                str(fp32),
-                str(staged),
-                _Reader(calibration),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=QUANTISED_OPS,
-                nodes_to_exclude=exclude,
-                per_channel=True,
-                reduce_range=spec.reduce_range,
-                activation_type=getattr(QuantType, spec.activation),
-                weight_type=getattr(QuantType, spec.weight),
-                extra_options=extra,
-            )
-        finally:
-            root.removeFilter(_drop_preprocess_hint)
-        names = {i.name for i in onnx.load(str(staged), load_external_data=False).graph.initializer}
-        missing = [n for n in THRESHOLD_INITIALIZERS.values() if n not in names]
-        if missing:
-            msg = f"quantised graph lost the threshold initializers {missing}"
-            raise RuntimeError(msg)
-        shutil.move(str(staged), out)  # the temp folder may be on another file system
-    log.info("int8_quantised", target=spec.target, file=str(out), kept_fp32=len(exclude))
+    rest = np.setdiff1d(np.arange(len(good)), pick)
+    probe_good = good[rest] if len(rest) >= 4 else good[pick[1::2]]
+    probe = np.concatenate([probe_good, stressed(probe_good, seed=1)])
+    described = f"{len(pick)} good images + {len(pick[::2])} stressed copies"
+    return calibration, probe, described
 
 
 def stressed(images: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -222,23 +240,6 @@ def stressed(images: np.ndarray, seed: int = 0) -> np.ndarray:
         else:
             patch[...] = rng.integers(0, 256, patch.shape, dtype=np.uint8)
     return out
-
-
-def _drop_preprocess_hint(record: logging.LogRecord) -> bool:
-    """ONNX Runtime's quantiser logs a pre-processing hint on the root logger on every call; it does not apply here."""
-    return "pre-processing" not in record.getMessage() and "pre-processing" not in str(record.msg)
-
-
-def _keep_fp32(node: onnx.NodeProto, weights: dict[str, int]) -> bool:
-    """Fixed-kernel or statistics code: by module name, or a MatMul/Gemm that is not a plain linear layer.
-
-    A MatMul whose second input is not a 2-D weight (PaDiM's per-patch inverse covariances, a Gram matrix) is a
-    distance computation, where 8 bits would swamp the differences the detector measures.
-    """
-    parts = node.name.lower().split("/")
-    if any(frag in part for part in parts[:-1] for frag in KEEP_FP32):
-        return True
-    return node.op_type in ("MatMul", "Gemm") and weights.get(node.input[1]) != 2
 
 
 def evaluate(

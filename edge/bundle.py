@@ -72,17 +72,27 @@ class TrainingSummary(_Strict):
     hash: str = Field("", description="SHA-256 over the sorted training file names and bytes.")
 
 
+class Fp32Part(_Strict):
+    """A part of the graph an INT8 flavour leaves FP32, and why."""
+
+    nodes: str = Field(description="a learned block (the node-name prefix of its sub-module) or one node's name")
+    reason: str
+
+
 class Int8Flavour(_Strict):
     """An INT8 Q/DQ model in the bundle, for one runtime, with the accuracy and speed it was admitted on."""
 
     file: str
     target: Literal["cpu", "tensorrt"]
-    quant: str = Field(description="e.g. 'QDQ S8S8 symmetric per-channel' or 'QDQ U8S8 reduce_range'.")
+    quant: str = Field(description="e.g. 'QDQ S8S8 symmetric per-channel' or 'QDQ U8S8 per-channel'.")
     image_auroc_delta: float | None = None
     pixel_auroc_delta: float | None = None
     fp32_ms: float | None = None
     int8_ms: float | None = None
     faster: bool | None = Field(None, description="INT8 measured faster than FP32 at calibration time.")
+    measured_on: str | None = Field(None, description="CPU model and ISA flags fp32_ms/int8_ms were measured on.")
+    calibration: str | None = Field(None, description="Calibration method and images.")
+    fp32: list[Fp32Part] = Field(default_factory=list, description="What stayed FP32, and why.")
 
 
 class EngineInfo(_Strict):

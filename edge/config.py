@@ -45,10 +45,14 @@ class ModelConfig(Section):
     )
     precision: Literal["auto", "fp32", "int8"] = Field(
         "auto",
-        description='"auto" uses the bundle\'s INT8 flavour only where it was measured faster on this box; '
-        '"fp32" or "int8" force one.',
+        description='"auto" times FP32 and the bundle\'s INT8 CPU flavour at start-up on this box (cached in '
+        'state_dir) and runs the faster; "fp32" or "int8" force one.',
     )
     threads: int = Field(2, ge=1, le=256, description="ONNX Runtime intra-op threads.")
+    state_dir: Path = Field(
+        Path("var/state"),
+        description="Decisions kept across restarts: precision.json, the FP32/INT8 start-up timings per CPU and bundle.",
+    )
     max_batch: int = Field(1, ge=1, le=64, description="Largest batch the backend is given (TensorRT profile max).")
     batch_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="How long to wait for more queued frames to fill a batch (max_batch > 1)."

@@ -8,12 +8,14 @@ TensorRT execution provider is left out on purpose: it builds an engine at every
 from __future__ import annotations
 
 import queue
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from edge.backends import precision
 from edge.bundle import Bundle
 from edge.config import ModelConfig
 from edge.contract import ModelOutputs, check_io, output_contracts
@@ -35,21 +37,67 @@ class OrtSlot:
     binding: object = field(default=None, repr=False)
 
 
-def choose_model(bundle: Bundle, precision: str) -> tuple[Path, str]:
-    """(model file, why) for `model.precision`; only files listed (so hash-checked) in bundle.json are used."""
+def choose_model(bundle: Bundle, config: ModelConfig, make: Callable[[Path], ort.InferenceSession]) -> Choice:
+    """The graph for `model.precision`, and its session; "auto" times FP32 and INT8 here (cached per CPU+bundle).
+
+    Only files listed (so hash-checked) in bundle.json are used.
+    """
     flavour = next((f for f in bundle.meta.int8 if f.target == "cpu"), None)
-    if precision == "int8" and flavour is None:
-        msg = f"model.precision = 'int8' but bundle {bundle.path} has no INT8 CPU flavour; run `inspectd calibrate`"
-        raise BundleError(msg)
     if flavour is not None and flavour.file not in bundle.meta.files:
         msg = f"bundle {bundle.path}: INT8 file {flavour.file} is not listed (hash-checked) in bundle.json"
         raise BundleError(msg)
-    if precision == "int8":
-        return bundle.file(flavour.file), "forced by model.precision = 'int8'"  # type: ignore[union-attr]
-    if precision == "auto" and flavour is not None and flavour.faster:
-        return bundle.file(flavour.file), f"auto: INT8 measured faster ({flavour.int8_ms} ms vs {flavour.fp32_ms} ms)"
-    why = "forced by model.precision = 'fp32'" if precision == "fp32" else "auto: no INT8 CPU flavour measured faster"
-    return bundle.onnx_path, why
+    sessions: dict[str, ort.InferenceSession] = {}
+
+    def session(name: str) -> ort.InferenceSession:
+        if name not in sessions:
+            sessions[name] = make(bundle.file(name))
+        return sessions[name]
+
+    def measure() -> tuple[float, float]:
+        spec = bundle.meta.input
+        feed = {spec.name: np.full((config.max_batch, spec.height, spec.width, 3), 128, np.uint8)}
+        fp32, int8 = session("model.onnx"), session(flavour.file)  # type: ignore[union-attr]
+        return precision.paired_ms(lambda: fp32.run(None, feed), lambda: int8.run(None, feed))
+
+    files = bundle.meta.files
+    decision = precision.decide(
+        config.precision,
+        "model.onnx",
+        flavour.file if flavour is not None else None,
+        bundle=str(bundle.path),
+        hashes=(files.get("model.onnx", ""), files.get(flavour.file, "")) if flavour is not None else None,
+        cache=config.state_dir / precision.CACHE_FILE,
+        runtime=f"onnxruntime {ort.__version__}",
+        threads=config.threads,
+        batch=config.max_batch,
+        measure=measure,
+    )
+    return Choice(bundle.file(decision.file), decision, session(decision.file))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The graph the backend runs, the decision that picked it, and its session."""
+
+    path: Path
+    decision: precision.Decision
+    session: ort.InferenceSession
+
+
+def session_options(threads: int, *, integer: bool) -> ort.SessionOptions:
+    """The daemon's CPU session settings; `integer` graphs get exact U8U8 products on CPUs without VNNI."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # No spin-waiting between runs: spinning burns the cores capture/postprocess/MQTT need (measured by
+    # `inspectd bench`: bare CPU per frame 33.8 -> 20.1 ms for padim on 2 cores).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if integer and not precision.has_vnni(precision.cpu_identity()):
+        # U8S8 products saturate int16 on x86 without VNNI (AVX2 vpmaddubsw); the INT8 CPU flavour uses full 8-bit
+        # weights, so ask for U8U8 there. Slower: the start-up timing decides whether INT8 still pays.
+        options.add_session_config_entry("session.x64quantprecision", "1")
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
 
 
 class OrtBackend:
@@ -61,20 +109,19 @@ class OrtBackend:
         spec = bundle.meta.input
         self.max_batch = config.max_batch
         self.input_shape = (spec.height, spec.width, 3)
-        path, why = choose_model(bundle, config.precision)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = config.threads
-        # No spin-waiting between runs: spinning burns the cores capture/postprocess/MQTT need (measured by
-        # `inspectd bench`: bare CPU per frame 33.8 -> 20.1 ms for padim on 2 cores).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
         providers = [p for p in ("CUDAExecutionProvider",) if p in ort.get_available_providers()]
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=[*providers, "CPUExecutionProvider"])
-        except Exception as exc:
-            msg = f"bundle {bundle.path}: ONNX Runtime cannot load {path.name}: {exc}"
-            raise BundleError(msg) from None
+        int8_files = {f.file for f in bundle.meta.int8}
+
+        def make(path: Path) -> ort.InferenceSession:
+            options = session_options(config.threads, integer=path.name in int8_files)
+            try:
+                return ort.InferenceSession(str(path), options, providers=[*providers, "CPUExecutionProvider"])
+            except Exception as exc:
+                msg = f"bundle {bundle.path}: ONNX Runtime cannot load {path.name}: {exc}"
+                raise BundleError(msg) from None
+
+        choice = choose_model(bundle, config, make)
+        path, self.session, self.decision = choice.path, choice.session, choice.decision
         self.provider = self.session.get_providers()[0]
         self.name = f"onnxruntime:{self.provider.removesuffix('ExecutionProvider').lower()}:{path.name}"
         self._check_io(bundle, path)
@@ -90,7 +137,8 @@ class OrtBackend:
         self._free: queue.Queue[OrtSlot] = queue.Queue()
         for slot in self._slots:
             self._free.put(slot)
-        log.info("backend_loaded", backend=self.name, model=path.name, precision_reason=why, threads=config.threads)
+        log.info("backend_loaded", backend=self.name, model=path.name, threads=config.threads,
+                 **precision.as_log(self.decision))
 
     def _check_io(self, bundle: Bundle, path: Path) -> None:
         """Refuse a model whose inputs/outputs are not the bundle contract (a wrong model.onnx dropped in)."""

@@ -5,8 +5,10 @@ from onnx import numpy_helper
 
 from calib import int8
 from calib.cli import load_eval_set
-from calib.int8 import FLAVOURS, make_flavours, quantise, stressed
-from calib.thresholds import read_thresholds
+from calib.int8 import FLAVOURS, make_flavours, stressed
+from calib.qdq import block_of, prepare
+from calib.thresholds import read_thresholds, write_thresholds
+from edge.bundle import Thresholds
 from edge.evaluation.dataset import list_images, read_image
 from export.build import export_bundle
 from export.runtime import run_model
@@ -39,37 +41,39 @@ def zero_points(path):
     return [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
 
 
-class TestQuantise:
-    """quantise(): the Q/DQ graph each flavour writes."""
+class TestQuantisedGraphs:
+    """The Q/DQ graphs make_flavours writes."""
 
-    def test_tensorrt_flavour_symmetric(self, bundle_dir, good, tmp_path):
-        """The TensorRT flavour is Q/DQ with int8 zero points that are all 0, and keeps the thresholds FP32."""
-        out = tmp_path / "trt.onnx"
-        quantise(bundle_dir / "model.onnx", out, good, FLAVOURS["tensorrt"])
-        zps = zero_points(out)
+    def test_forms_and_fp32_parts(self, bundle_dir, good, category):
+        """TensorRT: int8 zero points all 0; CPU: uint8 activations; only learned blocks carry Q/DQ; the input,
+        its cast and the thresholds are untouched; bundle.json's entry says what stayed FP32 and why."""
+        results = {r.target: r for r in make_flavours(bundle_dir, good, load_eval_set(category, SIZE), threads=1)}
+        trt, cpu = (bundle_dir / FLAVOURS[t].file for t in ("tensorrt", "cpu"))
+        zps = zero_points(trt)
         assert zps and all(z.dtype == np.int8 and not np.any(z) for z in zps)
+        assert any(z.dtype == np.uint8 for z in zero_points(cpu))
+        for path in (trt, cpu):
+            assert read_thresholds(path) == pytest.approx(read_thresholds(bundle_dir / "model.onnx"))
+            graph = onnx.load(str(path)).graph
+            quantised = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+            fp32 = onnx.load(str(bundle_dir / "model.onnx")).graph  # a Q/DQ pair sits on a learned node's tensor
+            learned = {t for n in fp32.node if block_of(n.name) == "/detector/conv" for t in (*n.input, *n.output)}
+            assert quantised and quantised <= learned
+            assert {n.op_type for n in graph.node if "image" in n.input} == {"Transpose"}
+        entry = results["cpu"].entry
+        assert entry is not None and entry.calibration.startswith("MinMax") and entry.measured_on
+        assert [p.nodes for p in entry.fp32][-1].startswith("input cast") and all(p.reason for p in entry.fp32)
+        out_fp32, out_int8 = run_model(bundle_dir / "model.onnx", good[:4]), run_model(cpu, good[:4])
+        assert out_int8.mask.dtype == np.uint8 and np.max(np.abs(out_fp32.score - out_int8.score)) < 0.5
+
+    def test_prepare_keeps_thresholds_rewritable(self, bundle_dir, tmp_path):
+        """prepare() folds constants but leaves the threshold initializers for `calibrate` to rewrite."""
+        out = tmp_path / "prepared.onnx"
+        prepare(bundle_dir / "model.onnx", out)
         assert read_thresholds(out) == pytest.approx(read_thresholds(bundle_dir / "model.onnx"))
-
-    def test_cpu_flavour_u8s8(self, bundle_dir, good, tmp_path):
-        """The CPU flavour quantises activations to uint8."""
-        out = tmp_path / "cpu.onnx"
-        quantise(bundle_dir / "model.onnx", out, good, FLAVOURS["cpu"])
-        assert any(z.dtype == np.uint8 for z in zero_points(out))
-
-    def test_pre_and_post_stay_fp32(self, bundle_dir, good, tmp_path):
-        """Only Conv/MatMul/Gemm inputs are quantised: the uint8 input, its cast and the comparisons are untouched."""
-        out = tmp_path / "trt.onnx"
-        quantise(bundle_dir / "model.onnx", out, good, FLAVOURS["tensorrt"])
-        fp32 = onnx.load(str(bundle_dir / "model.onnx")).graph
-        allowed = {t for n in fp32.node if n.op_type in {"Conv", "MatMul", "Gemm"} for t in (*n.input, *n.output)}
-        graph = onnx.load(str(out)).graph
-        quantised = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
-        assert quantised and quantised <= allowed
-        assert {n.op_type for n in graph.node if "image" in n.input} == {"Transpose"}
-        out_fp32 = run_model(bundle_dir / "model.onnx", good[:4])
-        out_int8 = run_model(out, good[:4])
-        assert out_int8.mask.dtype == np.uint8
-        assert np.max(np.abs(out_fp32.score - out_int8.score)) < 0.5
+        assert {i.name for i in onnx.load(str(out)).graph.input} == {"image"}
+        write_thresholds(out, Thresholds(image=0.5, pixel=0.4, offset=0.1, method="test", calibrated=True))
+        assert read_thresholds(out) == pytest.approx({"offset": 0.1, "image": 0.5, "pixel": 0.4})
 
     def test_stressed_images_differ(self, good):
         """Stressed calibration images are copies with one altered patch each, the originals unchanged."""
@@ -107,24 +111,3 @@ class TestMakeFlavours:
         results = make_flavours(bundle_dir, good, None, threads=1)
         assert all(r.entry is None and "--eval" in r.reason for r in results)
         assert not (bundle_dir / "model_int8_trt.onnx").exists()
-
-
-class TestKeepFp32:
-    """_keep_fp32(): which Conv/MatMul/Gemm nodes stay in float."""
-
-    @pytest.mark.parametrize(
-        ("name", "op", "b_dims", "kept"),
-        [
-            ("/detector/backbone/conv/Conv", "Conv", 4, False),  # learned conv: quantised
-            ("/detector/smooth/Conv", "Conv", 4, True),  # fixed Gaussian kernel
-            ("/detector/ssim/blur/Conv", "Conv", 4, True),  # SSIM window
-            ("/detector/head/MatMul", "MatMul", 2, False),  # linear layer
-            ("/detector/MatMul", "MatMul", 3, True),  # per-patch inverse covariance (PaDiM)
-            ("/detector/Gemm", "Gemm", None, True),  # activation x activation
-        ],
-    )
-    def test_rules(self, name, op, b_dims, kept):
-        """Learned layers are quantised; smoothing, SSIM and distance products are not."""
-        node = onnx.helper.make_node(op, ["a", "b"], ["y"], name=name)
-        weights = {} if b_dims is None else {"b": b_dims}
-        assert int8._keep_fp32(node, weights) is kept

@@ -294,7 +294,7 @@ class TestDaemonProcess:
         assert seqs[-5:] == list(range(killed_at, killed_at + 5))
 
     def test_bad_start_exits_2(self, bundle: Bundle, broker: Broker, tmp_path: Path) -> None:
-        """A bad config or a tampered bundle stops start-up with exit code 2 and a message naming the problem."""
+        """A bad config, a tampered bundle or a forced int8 without INT8 stop start-up with exit code 2 and a message."""
         frames = tmp_path / "frames"
         write_frames(frames, 2)
         bad = tmp_path / "bad"
@@ -309,8 +309,13 @@ class TestDaemonProcess:
         good = tmp_path / "good"
         good.mkdir()
         tampered_config = write_config(good, broker, Bundle(path=tampered, meta=bundle.meta), frames)
-        procs = [spawn(bad_config), spawn(tampered_config), spawn(tampered_config, "--max-frames", "0")]
+        int8 = tmp_path / "int8"
+        int8.mkdir()
+        int8_config = write_config(int8, broker, bundle, frames, model={"precision": "int8"})
+        procs = [spawn(bad_config), spawn(tampered_config), spawn(tampered_config, "--max-frames", "0"),
+                 spawn(int8_config)]
         outs = [(p.wait(timeout=30), p.stderr.read().decode()) for p in procs]  # type: ignore[union-attr]
         assert outs[0][0] == 2 and "mqtt.port: must be 1..65535, got 70000" in outs[0][1]
         assert outs[1][0] == 2 and "model.onnx has SHA-256" in outs[1][1] and "re-export" in outs[1][1]
         assert outs[2][0] == 2 and "--max-frames must be >= 1" in outs[2][1]
+        assert outs[3][0] == 2 and "model.precision = 'int8' but bundle" in outs[3][1] and "calibrate" in outs[3][1]

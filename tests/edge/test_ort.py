@@ -11,7 +11,6 @@ import onnxruntime as ort
 import pytest
 
 from edge.backends import load_backend
-from edge.backends.ort import choose_model
 from edge.bundle import Bundle, Int8Flavour, load_bundle, write_bundle
 from edge.config import ModelConfig
 from edge.errors import BundleError
@@ -65,19 +64,15 @@ class TestOrtBackend:
             load_backend(load_bundle(wrong), ModelConfig(threads=1))
 
     def test_precision_choice(self, bundle: Bundle, tmp_path: Path) -> None:
-        """Auto uses the CPU INT8 flavour only when measured faster; int8 without one is an error; fp32 forces."""
-        assert choose_model(bundle, "auto")[0].name == "model.onnx"
-        with pytest.raises(BundleError, match="no INT8 CPU flavour"):
-            choose_model(bundle, "int8")
+        """fp32/int8 force a listed file; an INT8 file missing from bundle.json's hashes is refused."""
         folder = tmp_path / "q"
         shutil.copytree(bundle.path, folder)
         shutil.copy(folder / "model.onnx", folder / "model.int8.cpu.onnx")
-        flavour = Int8Flavour(file="model.int8.cpu.onnx", target="cpu", quant="QDQ U8S8", faster=True,
-                              fp32_ms=2.0, int8_ms=1.0)
+        flavour = Int8Flavour(file="model.int8.cpu.onnx", target="cpu", quant="QDQ U8S8")
         with_int8 = load_bundle(write_bundle(folder, bundle.meta.model_copy(update={"int8": [flavour]})).path)
-        assert choose_model(with_int8, "auto")[0].name == "model.int8.cpu.onnx"
-        assert choose_model(with_int8, "fp32")[0].name == "model.onnx"
-        slower = with_int8.meta.model_copy(update={"int8": [flavour.model_copy(update={"faster": False})]})
-        assert choose_model(Bundle(path=folder, meta=slower), "auto")[0].name == "model.onnx"
-        backend = load_backend(with_int8, ModelConfig(threads=1, precision="int8"))
-        assert backend.name.endswith("model.int8.cpu.onnx")
+        forced = load_backend(with_int8, ModelConfig(threads=1, precision="int8", state_dir=tmp_path))
+        assert forced.name.endswith("model.int8.cpu.onnx")
+        assert load_backend(with_int8, ModelConfig(threads=1, precision="fp32")).name.endswith("model.onnx")
+        unlisted = with_int8.meta.model_copy(update={"files": {"model.onnx": with_int8.meta.files["model.onnx"]}})
+        with pytest.raises(BundleError, match="not listed"):
+            load_backend(Bundle(path=folder, meta=unlisted), ModelConfig(threads=1))

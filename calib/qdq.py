@@ -1,0 +1,172 @@
+"""Q/DQ graphs from ONNX Runtime's quantiser: graph preparation, the learned blocks, quantising a set of blocks.
+
+Why each step (measured on a padim bundle, EfficientNet-Lite0, on an Intel Xeon with AVX-512 VNNI/AMX; README "INT8"):
+- **Prepare first.** ONNX Runtime's basic graph optimisations (constant folding, Pad folded into Conv) run before
+  quantisation, as its quantiser recommends. EfficientNet's "same" padding is an explicit Pad in front of every
+  depthwise Conv; left in, each one becomes a float island (DequantizeLinear -> Pad -> QuantizeLinear) between two
+  integer convolutions. The threshold initializers are made graph inputs for that pass, so folding cannot bake them
+  into constants: `inspectd calibrate` rewrites them in every graph of a bundle.
+- **Quantise blocks, not single nodes.** A node is kept FP32 only if no Q/DQ touches its activations: ONNX Runtime
+  turns a float Conv whose input comes from a DequantizeLinear and whose output goes to a QuantizeLinear into an
+  integer QLinearConv by itself (it quantises the weights on the fly). So the unit quantised or kept is a block, the
+  nodes of one sub-module of the detector (`/detector/backbone/stages.0.1/...`), and every op inside a quantised
+  block is quantised (Clip, Add, pooling too: no float islands left between its convolutions).
+- **Only learned blocks.** The detector's own arithmetic at its top level (a Mahalanobis or nearest-neighbour
+  distance, the Gaussian smoothing of the map, the max, the thresholds) and the wrapper's pre/post-processing stay
+  FP32: 8 bits there quantise the map itself (padim lost 12 image-AUROC points that way) and a one-channel 33-tap
+  smoothing kernel runs 10x slower as an integer convolution.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge.contract import INPUT_NAME, THRESHOLD_INITIALIZERS
+
+if TYPE_CHECKING:
+    import onnx
+
+DETECTOR_SCOPE = "detector"  # export wraps the detector module as `detector`: its node names start /detector/
+BLOCK_DEPTH = 3  # /detector/<module>/<child>: e.g. /detector/backbone/stages.0.1 (an inverted-residual block)
+_FLOAT_COMPUTE = ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one flavour quantises (ONNX Runtime QuantType / CalibrationMethod member names)."""
+
+    activation: str
+    weight: str
+    symmetric: bool
+    reduce_range: bool = False
+    per_channel: bool = True
+    method: str = "MinMax"
+
+
+def prepare(fp32: Path, out: Path) -> None:
+    """Write `fp32` with ONNX Runtime's basic optimisations applied, threshold initializers kept as initializers."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(fp32))
+    inits = {i.name: i for i in model.graph.initializer}
+    kept = [n for n in THRESHOLD_INITIALIZERS.values() if n in inits]
+    for name in kept:  # an initializer that is also a graph input may be overridden, so it is never folded
+        model.graph.input.append(onnx.helper.make_tensor_value_info(name, inits[name].data_type, inits[name].dims))
+    with tempfile.TemporaryDirectory(prefix="inspectd-qdq-") as tmp:
+        staged, optimised = Path(tmp) / "in.onnx", Path(tmp) / "opt.onnx"
+        onnx.save(model, str(staged))
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(optimised)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(staged), options, providers=["CPUExecutionProvider"])
+        result = onnx.load(str(optimised))
+    inputs = [i for i in result.graph.input if i.name not in kept]
+    del result.graph.input[:]
+    result.graph.input.extend(inputs)
+    onnx.save(result, str(out))
+
+
+def block_of(node_name: str) -> str | None:
+    """The learned block a node belongs to, or None for wrapper and detector-level nodes (they stay FP32)."""
+    parts = node_name.split("/")
+    modules = parts[1:-1]  # "/detector/backbone/stages.0.1/_expand_conv/Conv" -> detector, backbone, stages.0.1, ...
+    if len(parts) < 3 or parts[0] or len(modules) < 2 or modules[0] != DETECTOR_SCOPE:
+        return None
+    return "/" + "/".join(modules[:BLOCK_DEPTH])
+
+
+def learned_blocks(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Block name -> its node names, in graph (topological) order."""
+    blocks: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        block = block_of(node.name)
+        if block is not None:
+            blocks.setdefault(block, []).append(node.name)
+    return blocks
+
+
+def quantise_blocks(
+    prepared: Path,
+    out: Path,
+    calibration: np.ndarray,
+    spec: QuantSpec,
+    nodes: Sequence[str],
+    cache: Path,
+) -> None:
+    """Write the Q/DQ graph with exactly `nodes` quantised (every op type), calibrated on `calibration` images.
+
+    Activation ranges are computed once per `cache` file (ONNX Runtime's calibration cache) and reused by every
+    later call with another node set, which is what makes a block-by-block sensitivity search affordable.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self, images: np.ndarray) -> None:
+            self._it: Iterator[np.ndarray] = iter(images)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            image = next(self._it, None)
+            return None if image is None else {INPUT_NAME: np.ascontiguousarray(image[None])}
+
+    extra: dict[str, object] = {"ActivationSymmetric": True, "WeightSymmetric": True} if spec.symmetric else {}
+    if spec.method == "Percentile":
+        extra["CalibPercentile"] = 99.999
+    root = logging.getLogger()
+    root.addFilter(_drop_quantiser_chatter)
+    try:
+        quantize_static(
+            str(prepared),
+            str(out),
+            None if cache.is_file() else _Reader(calibration),
+            quant_format=QuantFormat.QDQ,
+            nodes_to_quantize=list(nodes),
+            per_channel=spec.per_channel,
+            reduce_range=spec.reduce_range,
+            activation_type=getattr(QuantType, spec.activation),
+            weight_type=getattr(QuantType, spec.weight),
+            calibrate_method=getattr(CalibrationMethod, spec.method),
+            extra_options=extra,
+            calibration_cache_path=str(cache),
+        )
+    finally:
+        root.removeFilter(_drop_quantiser_chatter)
+
+
+def fp32_ops(path: Path, nodes: Sequence[str]) -> list[str]:
+    """Those of `nodes` that ONNX Runtime's optimised CPU graph still runs as float Conv/MatMul/Gemm.
+
+    The check that a "kept FP32" block really is: nodes fused into QLinearConv & co. disappear under their names.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="inspectd-qdq-") as tmp:
+        optimised = Path(tmp) / "opt.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # Q/DQ fusion, no layout
+        options.optimized_model_filepath = str(optimised)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(str(optimised), load_external_data=False).graph
+    wanted = set(nodes)
+    return [n.name for n in graph.node if n.name in wanted and n.op_type in _FLOAT_COMPUTE]
+
+
+def _drop_quantiser_chatter(record: logging.LogRecord) -> bool:
+    """ONNX Runtime's quantiser logs a hint to pre-process the model on the root logger: `prepare` did that."""
+    return "pre-processing" not in str(record.msg)

@@ -136,7 +136,7 @@ def _flavour(
     import onnx
 
     model = onnx.load(str(prepared), load_external_data=False)
-    blocks = learned_blocks(model)
+    blocks, skipped = learned_blocks(model)
     judged: dict[Path, dict[str, float]] = {}
 
     def gate(path: Path) -> bool:
@@ -152,7 +152,7 @@ def _flavour(
     deltas = judged[staged]
     shown = ", ".join(f"{k} {fp32_eval[k]:.4f} -> {fp32_eval[k] + d / 100:.4f} ({d:+.2f} pts)"
                       for k, d in deltas.items())
-    kept = f"{len(plan.kept)} of {len(blocks)} learned blocks kept FP32" + (
+    kept = f"{len(plan.kept)} of {len(blocks)} quantisable blocks kept FP32" + (
         f" ({', '.join(plan.kept)})" if plan.kept else "")
     # Timed before the verdict, so a refusal still tells the operator what INT8 would have bought.
     fp32_ms, int8_ms = paired_latency(fp32, staged, calibration[0], threads=threads)
@@ -179,13 +179,13 @@ def _flavour(
         faster=int8_ms < fp32_ms,
         measured_on=f"{cpu['model']} ({' '.join(cpu['isa']) or 'no SIMD flags read'})",
         calibration=f"{flavour.spec.method}, {described}",
-        fp32=fp32_parts(model, plan),
+        fp32=fp32_parts(model, plan, skipped),
     )
     log.info("int8_flavour", target=flavour.target, fp32_ms=fp32_ms, int8_ms=int8_ms, kept=list(plan.kept), **deltas)
     return FlavourResult(flavour.target, entry, f"accepted: {shown}; {kept}; {speed}")
 
 
-def fp32_parts(model: onnx.ModelProto, plan: Plan) -> list[Fp32Part]:
+def fp32_parts(model: onnx.ModelProto, plan: Plan, skipped: dict[str, str]) -> list[Fp32Part]:
     """bundle.json's record of what stayed FP32: the kept blocks with their sensitivity, then the fixed parts."""
     rank = {e.block: (i + 1, e.error) for i, e in enumerate(plan.ranking)}
     parts = [
@@ -193,6 +193,7 @@ def fp32_parts(model: onnx.ModelProto, plan: Plan) -> list[Fp32Part]:
                  f"(rank {rank[b][0]} of {len(rank)}); all-INT8 failed the accuracy gate")
         for b in plan.kept
     ]
+    parts += [Fp32Part(nodes=b, reason=why) for b, why in skipped.items()]
     fixed = [n.name for n in model.graph.node if n.op_type in FLOAT_COMPUTE and block_of(n.name) is None]
     parts += [Fp32Part(nodes=n, reason="not a learned layer (distance, smoothing or score arithmetic): 8 bits "
                        "would quantise the anomaly map itself") for n in fixed]

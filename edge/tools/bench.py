@@ -263,9 +263,19 @@ def bench_bare(bundle: Bundle, config: Config, image: np.ndarray, frames: int) -
         out = meter.result(calls * n, latencies)
         backend.release(slot)
         out["backend"] = backend.name
+        out["precision"], out["precision_reason"] = precision_in_use(backend, bundle)
         return out
     finally:
         backend.close()
+
+
+def precision_in_use(backend: Any, bundle: Bundle) -> tuple[str, str]:
+    """(fp32 | int8 | fp16, why) of the graph `backend` runs: ONNX Runtime's start-up decision or the engine's."""
+    decision = getattr(backend, "decision", None)
+    if decision is not None:
+        return decision.precision, decision.reason
+    engine = bundle.meta.engine
+    return (engine.precision, "the bundle's TensorRT engine") if engine else ("fp32", "")
 
 
 def bench_daemon(config: Config, files: list[Path], folder: Path, fps: float = 0.0) -> dict[str, Any]:
@@ -471,6 +481,8 @@ def bench(
         "detector": bundle.meta.detector,
         "input": [h, w],
         "backend": bare.get("backend"),
+        "precision": bare.get("precision"),
+        "precision_reason": bare.get("precision_reason"),
         "threads": config.model.threads,
         "max_batch": config.model.max_batch,
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -528,6 +540,7 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [
         f"inspectd bench: {r['label']} ({r['detector']}, input {r['input'][0]}x{r['input'][1]}, {r['backend']}, "
         f"{r['threads']} threads, {r['cpus']} CPUs, {r['frames']} frames, broker {r['broker']})",
+        f"precision {r['precision']}" + (f" ({r['precision_reason']})" if r.get("precision_reason") else ""),
         f"{'':8} {'fps':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'cpu':>6} {'rss0 MB':>8} {'rss1 MB':>8}",
     ]
     for name in ("bare", "daemon", "naive"):
@@ -539,6 +552,7 @@ def format_report(r: dict[str, Any]) -> str:
         )
     lines.append(
         f"daemon/bare = {r['ratio_daemon_over_bare']:.3f}   daemon/naive = {r['ratio_daemon_over_naive']:.3f}   "
+        f"({r['precision']})   "
         f"peak RSS {r['peak_rss_mb']:.1f} MB"
     )
     if "daemon_paced" in r:

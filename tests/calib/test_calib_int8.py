@@ -57,7 +57,7 @@ class TestQuantisedGraphs:
             graph = onnx.load(str(path)).graph
             quantised = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
             fp32 = onnx.load(str(bundle_dir / "model.onnx")).graph  # a Q/DQ pair sits on a learned node's tensor
-            learned = {t for n in fp32.node if block_of(n.name) == "/detector/conv" for t in (*n.input, *n.output)}
+            learned = {t for n in fp32.node if block_of(n.name) == "/detector/mix" for t in (*n.input, *n.output)}
             assert quantised and quantised <= learned
             assert {n.op_type for n in graph.node if "image" in n.input} == {"Transpose"}
         entry = results["cpu"].entry

@@ -91,8 +91,9 @@ def test_blocks_are_submodules_of_the_detector():
 
 def test_ranking_names_the_planted_block(prepared, images, tmp_path):
     """Quantising block b alone moves the outputs most."""
-    blocks = learned_blocks(onnx.load(str(prepared)))
-    assert {"/detector/body/a", "/detector/body/b", "/detector/body/c"} <= set(blocks)
+    blocks, skipped = learned_blocks(onnx.load(str(prepared)))
+    assert set(blocks) == {"/detector/body/a", "/detector/body/b", "/detector/body/c"}
+    assert "3-channel image" in skipped["/detector/body/stem"]  # the RGB stem stays FP32 by rule
     ranking = rank_blocks(prepared, blocks, CPU, images, images, tmp_path / "cache.json")
     assert ranking[0].block == "/detector/body/b"
     assert ranking[0].error > 5 * ranking[1].error
@@ -100,7 +101,7 @@ def test_ranking_names_the_planted_block(prepared, images, tmp_path):
 
 def test_search_keeps_the_planted_block_fp32(prepared, images, tmp_path):
     """The search quantises the rest, keeps b FP32 (no Q/DQ fused into it) and passes a gate all-INT8 fails."""
-    blocks = learned_blocks(onnx.load(str(prepared)))
+    blocks, skipped = learned_blocks(onnx.load(str(prepared)))
     reference = run_model(prepared, images)
     judged = []
 

@@ -47,6 +47,8 @@ class TestBench:
         assert result["rss_start_mb"] > 0 and result["rss_end_mb"] > 0 and result["peak_rss_mb"] > 0
         printed = capsys.readouterr().out
         assert "daemon/bare" in printed and "daemon/naive" in printed
+        assert result["precision"] == "fp32" and "no INT8" in result["precision_reason"]  # the tiny bundle has none
+        assert "precision fp32" in printed
 
     def test_images_folder_and_bad_frames(self, tmp_path: Path) -> None:
         """Frames can come from a folder (cycled to N); --frames below 2 is refused with exit code 2."""

@@ -181,7 +181,7 @@ def _close_sinks(sinks: list[Sink], deadline: float) -> None:
     for sink in reversed(sinks):
         try:
             sink.close(deadline)
-        except Exception:  # noqa: BLE001 - closing the others matters more than this one's error
+        except Exception:  # closing the others matters more than this one's error (logged)
             log.exception("sink_close_failed", sink=type(sink).__name__)
 
 

@@ -392,7 +392,7 @@ class Pipeline:
                     t0 = time.perf_counter()
                     try:
                         self.backend.submit(batch.slot, len(batch.jobs))
-                    except Exception as exc:  # noqa: BLE001 - an inference failure is an error verdict, not a crash
+                    except Exception as exc:  # an inference failure is an error verdict, not a crash (logged)
                         batch.error = f"inference failed: {type(exc).__name__}: {exc}"
                         log.exception("inference_failed", seqs=[j.seq for j in batch.jobs])
                     seconds = time.perf_counter() - t0
@@ -432,10 +432,10 @@ class Pipeline:
                     continue
                 try:
                     out.append((self._inspect(job, outputs, i), job.frame.mono))
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # this frame's error verdict (logged)
                     log.exception("postprocess_failed", seq=job.seq)
                     out.append((self._error(job, f"postprocess failed: {exc}"), job.frame.mono))
-        except Exception as exc:  # noqa: BLE001 - wait() failed: every job of the batch is an error
+        except Exception as exc:  # wait() failed: every job of the batch is an error (logged)
             log.exception("inference_failed", seqs=[j.seq for j in batch.jobs])
             done = {insp.verdict.seq for insp, _ in out}
             out += [(self._error(j, f"inference failed: {exc}"), j.frame.mono) for j in batch.jobs if j.seq not in done]
@@ -502,7 +502,7 @@ class Pipeline:
             for sink in self.sinks:
                 try:
                     sink.publish(inspection)
-                except Exception:  # noqa: BLE001 - one sink's bug must not stop the others or the line
+                except Exception:  # one sink's bug must not stop the others or the line (logged)
                     log.exception("sink_publish_failed", sink=type(sink).__name__, seq=inspection.verdict.seq)
             seconds = time.perf_counter() - t0
             inspection.timings_ms["publish"] = round(seconds * 1000, 3)

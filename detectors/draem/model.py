@@ -8,7 +8,7 @@ the paper uses base widths 128 / 64, the defaults here are 8 / 8 and run at half
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F  # noqa: N812 - the usual torch alias
+import torch.nn.functional as F
 from torch import nn
 
 from detectors.ssim_ae.model import GaussianBlur

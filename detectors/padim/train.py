@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from detectors.padim.model import Padim

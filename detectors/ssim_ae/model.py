@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F  # noqa: N812 - the usual torch alias
+import torch.nn.functional as F
 from torch import nn
 
 # ITU-R BT.601 luma weights: the SSIM is computed on grey levels, as in the paper.

@@ -56,7 +56,7 @@ def _check(what: str, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
     except (BackendError, DeviceLostError):
         raise
-    except Exception as exc:  # noqa: BLE001 - pycuda.driver.Error and its subclasses, ctypes driver errors
+    except Exception as exc:  # pycuda.driver.Error and its subclasses, ctypes driver errors: re-raised as ours
         fatal = getattr(exc, "code", None) in FATAL_CODES or is_fatal(str(exc))
         if fatal:
             msg = f"CUDA {what}: {exc}; the GPU context is lost, the process must restart"

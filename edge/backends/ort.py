@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from edge.backends import precision
 from edge.bundle import Bundle
@@ -23,6 +24,12 @@ from edge.errors import BundleError
 from edge.log import get_logger
 
 log = get_logger(__name__)
+# What InferenceSession raises for a file it cannot use (each derives from Exception directly, not RuntimeError).
+_ORT_LOAD_ERRORS = (
+    ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf,
+    ort_errors.NoSuchFile, ort_errors.NoModel, ort_errors.NotImplemented, ort_errors.RuntimeException,
+    ort_errors.EPFail, ort_errors.EngineError, RuntimeError, ValueError, OSError,
+)
 _ORT_TYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -116,7 +123,7 @@ class OrtBackend:
             options = session_options(config.threads, integer=path.name in int8_files)
             try:
                 return ort.InferenceSession(str(path), options, providers=[*providers, "CPUExecutionProvider"])
-            except Exception as exc:
+            except _ORT_LOAD_ERRORS as exc:
                 msg = f"bundle {bundle.path}: ONNX Runtime cannot load {path.name}: {exc}"
                 raise BundleError(msg) from None
 

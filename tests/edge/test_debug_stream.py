@@ -72,9 +72,9 @@ def ctx() -> Iterator[zmq.Context]:
     Terminating a context while a stalled peer's pipe is being torn down can abort the process inside libzmq.
     """
     context = zmq.Context.instance()
-    before = set(context._sockets)  # noqa: SLF001 - pyzmq keeps a weak set of the context's sockets
+    before = set(context._sockets)  # private: pyzmq keeps a weak set of the context's sockets
     yield context
-    for sock in set(context._sockets) - before:  # noqa: SLF001
+    for sock in set(context._sockets) - before:
         sock.close(linger=0)
 
 

@@ -63,6 +63,15 @@ class TestOrtBackend:
         with pytest.raises(BundleError, match="does not match the bundle contract.*image"):
             load_backend(load_bundle(wrong), ModelConfig(threads=1))
 
+    def test_unreadable_model_refused(self, bundle: Bundle, tmp_path: Path) -> None:
+        """A model.onnx ONNX Runtime cannot parse (hash re-written to match) is a BundleError naming the file."""
+        broken = tmp_path / "broken"
+        shutil.copytree(bundle.path, broken)
+        (broken / "model.onnx").write_bytes(b"not an ONNX model")
+        write_bundle(broken, bundle.meta.model_copy(update={"files": {"model.onnx": ""}}))
+        with pytest.raises(BundleError, match="ONNX Runtime cannot load model.onnx"):
+            load_backend(load_bundle(broken), ModelConfig(threads=1))
+
     def test_precision_choice(self, bundle: Bundle, tmp_path: Path) -> None:
         """fp32/int8 force a listed file; an INT8 file missing from bundle.json's hashes is refused."""
         folder = tmp_path / "q"

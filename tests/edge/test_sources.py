@@ -166,7 +166,7 @@ class TestLiveSource:
                 self.reads = 0
                 opened.append(1)
 
-            def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+            def isOpened(self) -> bool:  # OpenCV's name
                 return self.cap.isOpened()
 
             def read(self) -> tuple[bool, np.ndarray]:

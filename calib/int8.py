@@ -141,7 +141,9 @@ def _flavour(
 
     def gate(path: Path) -> bool:
         int8_eval = evaluate(path, evaluation, threads, optimize=flavour.optimize)
-        assert int8_eval is not None  # same evaluation set as FP32
+        if int8_eval is None:  # the set gave FP32 metrics, so it has good and defective images
+            msg = f"{path.name}: the evaluation set gave FP32 metrics but none for INT8"
+            raise RuntimeError(msg)
         judged[path] = {k: 100.0 * (int8_eval[k] - fp32_eval[k]) for k in fp32_eval}
         log.info("int8_gate", target=flavour.target, **{k: round(v, 3) for k, v in judged[path].items()})
         return max(abs(d) for d in judged[path].values()) <= GATE_POINTS

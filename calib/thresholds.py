@@ -8,7 +8,6 @@ outputs back into raw values, picks new thresholds, and rewrites the three initi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +123,9 @@ def choose(
 def _good_rule(values: np.ndarray, margin: float | None, quantile: float | None) -> float:
     if quantile is not None:
         return float(np.quantile(values, quantile))
-    assert margin is not None  # choose() sets the default margin when no quantile is given
+    if margin is None:  # choose() sets the default margin when no quantile is given
+        msg = "the good-only threshold rule needs a margin or a quantile"
+        raise ValueError(msg)
     median, top = float(np.median(values)), float(np.max(values))
     gap = top - median
     if gap <= 0:  # all good images score the same: any margin above it will do
@@ -182,18 +183,3 @@ def write_thresholds(onnx_path: Path, thresholds: Thresholds) -> None:
         value = np.asarray(getattr(thresholds, field), dtype=np.float32).reshape(tuple(init.dims))
         init.CopyFrom(numpy_helper.from_array(value, name))
     onnx.save(model, str(onnx_path))
-
-
-def read_thresholds(onnx_path: Path) -> dict[str, float]:
-    """The threshold initializers' values, by Thresholds field name (for checks and tests)."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(onnx_path))
-    by_name = {init.name: init for init in model.graph.initializer}
-    return {f: float(numpy_helper.to_array(by_name[n])) for f, n in THRESHOLD_INITIALIZERS.items() if n in by_name}
-
-
-def stack_masks(masks: Sequence[np.ndarray]) -> np.ndarray:
-    """(N, H, W) uint8 from a list of equal-size masks."""
-    return np.stack([np.asarray(m, np.uint8) for m in masks])

@@ -58,11 +58,6 @@ class Thresholds(_Strict):
     expected_false_reject_rate: float | None = None
     expected_escape_rate: float | None = None
 
-    @property
-    def pixel_normalised(self) -> float:
-        """The pixel threshold on the normalised map scale."""
-        return (self.pixel - self.offset) / (self.image - self.offset)
-
 
 class TrainingSummary(_Strict):
     """Which good images the model learned from, so a bundle can be traced back to its data."""

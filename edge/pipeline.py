@@ -361,10 +361,13 @@ class Pipeline:
         """Preprocess `job` into the batch's next input row; False (and job.error) if it cannot be."""
         t0 = time.perf_counter()
         try:
-            assert job.frame.image is not None and batch.slot is not None  # error jobs never get here
+            image, slot = job.frame.image, batch.slot
+            if image is None or slot is None:  # error jobs go round the backend, so never here
+                msg = f"frame {job.frame.frame_id} has no image or no backend slot"
+                raise RuntimeError(msg)
             job.geometry = preprocess(
-                job.frame.image,
-                batch.slot.input[len(batch.jobs)],
+                image,
+                slot.input[len(batch.jobs)],
                 roi=self.config.source.roi,
                 color_order=self.color_order,
             )
@@ -450,7 +453,8 @@ class Pipeline:
             return self._error(job, f"model returned a non-finite score ({score})")
         amap = outputs.anomaly_map[i, 0].copy()
         mask = outputs.mask[i, 0].copy()
-        assert job.geometry is not None
+        if job.geometry is None:  # set by _fill for every job that reached the backend
+            return self._error(job, "postprocess failed: no preprocess geometry for this frame")
         pp = self.config.postprocess
         regions = find_regions(mask, amap, job.geometry, min_area=pp.min_area, max_regions=pp.max_regions)
         kind = judge(score, regions)

@@ -54,7 +54,9 @@ class SeqCounter:
 
     @property
     def _reserved_path(self) -> Path:
-        assert self.path is not None
+        if self.path is None:
+            msg = "an in-memory SeqCounter has no reservation file"
+            raise RuntimeError(msg)
         return self.path.with_name(self.path.stem + ".reserved")
 
     def _recover(self) -> int:

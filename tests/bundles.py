@@ -14,11 +14,11 @@ from typing import Any
 import cv2
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from edge.bundle import SCHEMA_VERSION, Bundle, BundleMeta, InputSpec, Thresholds, write_bundle
 from edge.config import Config
-from edge.contract import INPUT_NAME, OPSET
+from edge.contract import INPUT_NAME, OPSET, THRESHOLD_INITIALIZERS
 
 
 def tiny_graph(height: int, width: int, threshold: float) -> onnx.ModelProto:
@@ -97,3 +97,10 @@ def tiny_daemon_config(tmp_path: Path, broker: Any, frames: list[np.ndarray]) ->
     config.mqtt.spool_dir = tmp_path / "spool"
     config.mqtt.client_id = f"inspectd-{uuid.uuid4().hex[:8]}"
     return config
+
+
+def read_thresholds(onnx_path: Path) -> dict[str, float]:
+    """The threshold initializers' values in a graph, by Thresholds field name (what calibration wrote)."""
+    model = onnx.load(str(onnx_path))
+    by_name = {init.name: init for init in model.graph.initializer}
+    return {f: float(numpy_helper.to_array(by_name[n])) for f, n in THRESHOLD_INITIALIZERS.items() if n in by_name}

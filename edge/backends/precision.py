@@ -142,7 +142,9 @@ def decide(
     if precision != "auto":
         file = int8_file if precision == "int8" else fp32_file
         return Decision(precision, file, f"forced by model.precision = {precision!r}", "forced")  # type: ignore[arg-type]
-    assert hashes is not None
+    if hashes is None:  # the bundle lists both files whenever it has an INT8 flavour
+        msg = f"bundle {bundle}: model.precision = 'auto' needs the SHA-256 of {fp32_file} and {int8_file}"
+        raise BundleError(msg)
     cpu = cpu_identity()
     key = cache_key(cpu, runtime, threads, batch, hashes)
     entry = read_cache(cache).get(key)

@@ -7,11 +7,12 @@ from calib import int8
 from calib.cli import load_eval_set
 from calib.int8 import FLAVOURS, make_flavours, stressed
 from calib.qdq import block_of, prepare
-from calib.thresholds import read_thresholds, write_thresholds
+from calib.thresholds import write_thresholds
 from edge.bundle import Thresholds
 from edge.evaluation.dataset import list_images, read_image
 from export.build import export_bundle
 from export.runtime import run_model
+from tests.bundles import read_thresholds
 from tests.export.tinydet import SIZE, TinyDetector, make_category, tiny_meta
 
 

@@ -5,13 +5,13 @@ from calib.thresholds import (
     CalibrationError,
     Scored,
     choose,
-    read_thresholds,
     require_good,
     to_raw,
     write_thresholds,
 )
 from edge.bundle import Thresholds
 from edge.errors import DatasetError
+from tests.bundles import read_thresholds
 
 
 def scored(scores, peaks=None, labels=None, masks=None):

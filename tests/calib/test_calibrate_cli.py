@@ -3,12 +3,12 @@ import shutil
 import numpy as np
 import pytest
 
-from calib.thresholds import read_thresholds
 from edge.bundle import load_bundle
 from edge.cli import main
 from edge.evaluation.dataset import list_images, read_image
 from export.build import export_bundle
 from export.runtime import run_model
+from tests.bundles import read_thresholds
 from tests.export.tinydet import SIZE, TinyDetector, make_category, tiny_meta
 
 

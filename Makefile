@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEB_PACKAGES := mosquitto libgl1 libglib2.0-0 systemd shellcheck
 
-.PHONY: setup demo test test-pressure clean
+.PHONY: setup demo lint test test-pressure clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,14 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/inspectd demo
 
-test: setup
+# Static checks first (a few seconds; mypy ~15 s without its cache): lint, import layers (pyproject.toml
+# [tool.importlinter]), types. Through `python -m` so they also run from a venv that borrows another's packages.
+lint: setup
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -c 'import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())' --no-logo
+	$(BIN)/python -m mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 # The suite while PRESSURE busy loops compete for the CPUs (default 8: what a loaded 2-core line PC or CI box looks

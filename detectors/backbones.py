@@ -30,6 +30,9 @@ NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 class FeatureExtractor(nn.Module):
     """Normalises an RGB [0, 1] batch and returns feature maps at strides 4, 8 and 16."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, name: str) -> None:
         super().__init__()
         if name not in BACKBONES:

@@ -115,7 +115,7 @@ def evaluate_checkpoint(
     result["f1_max"], result["f1_threshold"] = float(f1), float(thr)
     masks = []
     for sample in category.test:
-        native = read_mask(sample, tuple(cv2.imread(str(sample.path), cv2.IMREAD_UNCHANGED).shape[:2]))
+        native = read_mask(sample, read_image(sample.path).shape[:2])
         masks.append(cv2.resize(native, (w, h), interpolation=cv2.INTER_NEAREST) if native.shape != (h, w) else native)
     if category.has_masks:
         keep = [i for i, s in enumerate(category.test) if s.label == 0 or s.mask_path is not None]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -99,7 +99,7 @@ def run_loop(
     start = time.monotonic()
     budget_s = None if max_minutes is None else max_minutes * 60
     losses: list[float] = []
-    bar: Iterator[int] | Any = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
     done = 0
     for step in bar:
         elapsed = time.monotonic() - start

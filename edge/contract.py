@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import numpy as np
 
@@ -20,7 +20,7 @@ InputDtype = Literal["uint8"]
 InputLayout = Literal["NHWC"]
 INPUT_DTYPE: InputDtype = "uint8"
 INPUT_LAYOUT: InputLayout = "NHWC"
-CHANNELS = 3
+CHANNELS: Final = 3
 OPSET = 17  # ONNX opset of exported graphs
 THRESHOLD = 1.0  # normalised image threshold: the graph maps the calibrated raw threshold here
 # Thresholds.<field> -> ONNX initializer of the PostProcess buffer (the export wrapper holds PostProcess as `post`).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, Literal
 
 import structlog
@@ -52,7 +53,7 @@ def configure(level: str = "info", fmt: LogFormat = "auto", stream: Any = None) 
     root.setLevel(level.upper())
 
 
-def _keep(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _keep(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Leave exc_info for the console renderer, which prints it prettily."""
     return event_dict
 

@@ -102,6 +102,8 @@ class Draem(nn.Module):
         pool: mean-pool window for the image score (paper: 21); score = max of the pooled map.
     """
 
+    input_size: tuple[int, ...]  # (h, w), set by `build`: training crops and export use it
+
     def __init__(
         self,
         *,

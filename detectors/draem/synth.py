@@ -135,7 +135,8 @@ def procedural_texture(shape: tuple[int, int], rng: np.random.Generator) -> np.n
     h, w = shape
     if rng.random() < 0.6:
         base = int(rng.integers(1, 5))
-        field = sum(perlin_noise(shape, (2 ** (base + k),) * 2, rng) * 0.5**k for k in range(3))
+        octaves = [perlin_noise(shape, (2 ** (base + k),) * 2, rng) * 0.5**k for k in range(3)]
+        field = sum(octaves[1:], octaves[0])
     else:
         angle = float(rng.uniform(0, np.pi))
         period = float(rng.uniform(3, 24))

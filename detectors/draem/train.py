@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from detectors.draem.model import Draem
 from detectors.draem.synth import synthesize
@@ -44,7 +43,7 @@ def make_batch(
 
 
 def fit(
-    model: nn.Module,
+    model: Draem,
     images: np.ndarray,
     *,
     params: dict[str, Any],

@@ -31,6 +31,11 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
 class Padim(nn.Module):
     """Patch-wise Gaussian over CNN features; forward(x RGB [0, 1]) -> (score (B,), anomaly_map (B, 1, H, W))."""
 
+    index: torch.Tensor
+    mean: torch.Tensor
+    inv_cov: torch.Tensor
+    kernel: torch.Tensor
+
     def __init__(self, params: dict, input_size: tuple[int, int]) -> None:
         super().__init__()
         h, w = input_size

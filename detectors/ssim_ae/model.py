@@ -31,6 +31,8 @@ def gaussian_kernel(sigma: float, size: int | None = None) -> torch.Tensor:
 class GaussianBlur(nn.Module):
     """Depthwise Gaussian blur with replicate padding: output has the input's size (ONNX: Pad + Conv)."""
 
+    kernel: torch.Tensor
+
     def __init__(self, sigma: float, channels: int = 1, size: int | None = None) -> None:
         super().__init__()
         k = gaussian_kernel(sigma, size)
@@ -98,6 +100,9 @@ class SSIMAutoencoder(nn.Module):
         ssim_window: SSIM Gaussian window size (pixels).
         smooth_sigma: sigma of the Gaussian applied to the residual map (0 = none).
     """
+
+    luma: torch.Tensor
+    input_size: tuple[int, ...]  # (h, w), set by `build`: training crops and export use it
 
     def __init__(
         self,

@@ -6,14 +6,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from detectors.ssim_ae.model import SSIMAutoencoder
 from detectors.training import lr_factor, run_loop, sample_batch, start_fit
 
 
 def fit(
-    model: nn.Module,
+    model: SSIMAutoencoder,
     images: np.ndarray,
     *,
     params: dict[str, Any],

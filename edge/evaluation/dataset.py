@@ -111,7 +111,7 @@ def read_image(path: Path | str, size: tuple[int, int] | None = None) -> np.ndar
         msg = f"cannot read image {path} (missing, truncated or not an image)"
         raise DatasetError(msg)
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+        image = (image.astype(np.uint16, copy=False) >> 8).astype(np.uint8)
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     elif image.shape[2] == 4:

@@ -194,7 +194,7 @@ class DebugSink:
         # The process-wide context, never terminated by us: terminating a context while a stalled subscriber's
         # TCP pipe is still being torn down aborted the process inside libzmq (seen in the tests). Sockets are
         # closed with LINGER 0, so nothing is left queued.
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._auth: ThreadAuthenticator | None = None
         self._sock = self._ctx.socket(zmq.PUB)
         try:

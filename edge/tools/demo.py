@@ -338,7 +338,7 @@ def _embedded(paths: Paths) -> Iterator[int]:
 
 def make_config(paths: Paths, broker: BrokerInfo, debug_port: int, fps: float) -> Config:
     """The daemon's config for the demo (also written to demo.toml, so `inspectd run --config` can replay it)."""
-    values: dict[str, dict[str, Any]] = {
+    values: dict[str, Any] = {  # section -> keys
         "model": {"bundle": str(paths.bundle.resolve()), "threads": 2},
         "source": {"kind": "folder", "uri": str(paths.stream.resolve()), "glob": "frame_*.png", "fps": fps,
                    "name": "demo-cam"},
@@ -546,6 +546,15 @@ def _data_uri(image: np.ndarray, kind: str = "png") -> str:
     return f"data:image/{kind};base64," + base64.b64encode(buf.tobytes()).decode() if ok else ""
 
 
+def _imread(path: Path) -> np.ndarray:
+    """A stream frame the demo itself wrote, as BGR."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        msg = f"demo report: cannot read stream frame {path}"
+        raise DemoError(msg)
+    return image
+
+
 def heatmaps(bundle: Bundle, files: list[Path]) -> list[np.ndarray]:
     """Anomaly maps (normalised, model size) of `files` from the bundle's ONNX graph, as the daemon computes them."""
     import onnxruntime as ort
@@ -556,7 +565,7 @@ def heatmaps(bundle: Bundle, files: list[Path]) -> list[np.ndarray]:
     session = ort.InferenceSession(str(bundle.onnx_path), opts, providers=["CPUExecutionProvider"])
     maps = []
     for path in files:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        image = _imread(path)
         x = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         if bundle.meta.input.color_order == "RGB":
             x = cv2.cvtColor(x, cv2.COLOR_BGR2RGB)
@@ -575,7 +584,7 @@ def write_report(paths: Paths, summary: dict[str, Any], result: RunResult, truth
     panels, cards = [], []
     for v, path, amap in zip(picked, files, maps, strict=True):
         t = truths[v["frame_id"]]
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        frame = _imread(path)
         header = dict(v, frame_size=[frame.shape[1], frame.shape[0]])
         truth = "good" if t.label == 0 else f"defect: {t.defect_type}"
         panel = np.hstack([render.render_frame(frame, None, header, overlay=False, width=320),

@@ -43,7 +43,7 @@ def blend_heatmap(
     threshold glows. The map (model size) is resized to the frame with bilinear interpolation.
     """
     h, w = frame.shape[:2]
-    amap = np.asarray(anomaly_map, np.float32).reshape(np.asarray(anomaly_map).shape[-2:])
+    amap: np.ndarray = np.asarray(anomaly_map, np.float32).reshape(np.asarray(anomaly_map).shape[-2:])
     if amap.shape != (h, w):
         amap = cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
     colour = colorize(amap, vmax=vmax).astype(np.float32)
@@ -164,7 +164,7 @@ def failed_strip(thumbs: Sequence[np.ndarray], *, width: int, n: int, caption: s
     n = max(1, n)
     cell_w = max(8, width // n)
     cell_h = max(8, round(cell_w * 0.75))
-    row = np.full((cell_h, cell_w * n, 3), 30, np.uint8)
+    row: np.ndarray = np.full((cell_h, cell_w * n, 3), 30, np.uint8)
     for i, thumb in enumerate(list(thumbs)[:n]):
         th, tw = thumb.shape[:2]
         s = min((cell_w - 4) / tw, (cell_h - 4) / th)

@@ -65,11 +65,11 @@ def _client_keys(server_key: Path, client_key: Path | None) -> tuple[bytes, byte
     if client_key is None:
         public, secret = zmq.curve_keypair()
         return server_public, public, secret
-    public, secret = _curve_keys(client_key, "--curve-client-key")
-    if not secret:
+    client_public, client_secret = _curve_keys(client_key, "--curve-client-key")
+    if not client_secret:
         msg = f"--curve-client-key {client_key} holds no secret key; give the .key_secret file"
         raise ConfigError(msg)
-    return server_public, public, secret
+    return server_public, client_public, client_secret
 
 
 class Viewer:
@@ -100,7 +100,8 @@ class Viewer:
         self._arrivals: deque[tuple[float, int]] = deque(maxlen=64)  # (monotonic, seq)
         self._last_view: np.ndarray | None = None
         keys = _client_keys(curve_server_key, curve_client_key) if curve_server_key is not None else None
-        self._ctx = zmq.Context.instance()  # shared, never terminated: see edge/sinks/zmq_debug.py
+        # The process-wide context, shared and never terminated: see edge/sinks/zmq_debug.py.
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.RCVHWM, 16)

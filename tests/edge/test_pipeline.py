@@ -272,7 +272,7 @@ class TestPipelineTriggered:
         class Silent:
             """An opened camera whose read blocks (no frames), until the test ends."""
 
-            def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+            def isOpened(self) -> bool:  # OpenCV's name
                 return True
 
             def read(self) -> tuple[bool, None]:

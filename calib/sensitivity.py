@@ -1,5 +1,7 @@
-"""Mixed precision: which learned blocks may run INT8. Quantise one block at a time, measure how far the outputs move
-from FP32, and keep the most sensitive blocks FP32 until the accuracy gate holds. No torch.
+"""Mixed precision: which learned blocks may run INT8.
+
+Quantise one block at a time, measure how far the outputs move from FP32, and keep the most sensitive blocks FP32
+until the accuracy gate holds. No torch.
 
 The probe images are good images plus copies with a synthetic defect (`stressed`), so the ranking sees both normal
 and anomalous activations without touching the labelled evaluation set the gate then judges on. The error is in

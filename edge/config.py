@@ -51,7 +51,9 @@ class ModelConfig(Section):
     threads: int = Field(2, ge=1, le=256, description="ONNX Runtime intra-op threads.")
     state_dir: Path = Field(
         Path("var/state"),
-        description="Decisions kept across restarts: precision.json, the FP32/INT8 start-up timings per CPU and bundle.",
+        description=(
+            "Decisions kept across restarts: precision.json, the FP32/INT8 start-up timings per CPU and bundle."
+        ),
     )
     max_batch: int = Field(1, ge=1, le=64, description="Largest batch the backend is given (TensorRT profile max).")
     batch_wait_ms: float = Field(

@@ -46,8 +46,11 @@ class TestQuantisedGraphs:
     """The Q/DQ graphs make_flavours writes."""
 
     def test_forms_and_fp32_parts(self, bundle_dir, good, category):
-        """TensorRT: int8 zero points all 0; CPU: uint8 activations; only learned blocks carry Q/DQ; the input,
-        its cast and the thresholds are untouched; bundle.json's entry says what stayed FP32 and why."""
+        """Each flavour has its Q/DQ form and keeps the FP32 parts, and bundle.json says what stayed FP32 and why.
+
+        TensorRT: int8 zero points all 0; CPU: uint8 activations; only learned blocks carry Q/DQ; the input, its
+        cast and the thresholds are untouched.
+        """
         results = {r.target: r for r in make_flavours(bundle_dir, good, load_eval_set(category, SIZE), threads=1)}
         trt, cpu = (bundle_dir / FLAVOURS[t].file for t in ("tensorrt", "cpu"))
         zps = zero_points(trt)

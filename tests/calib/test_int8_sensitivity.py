@@ -30,7 +30,7 @@ class _Pair(nn.Module):
                 self.second.weight[:, 0] /= 1000.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """first -> ReLU -> second."""
+        """First -> ReLU -> second."""
         return self.second(torch.relu(self.first(x)))
 
 

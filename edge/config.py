@@ -65,15 +65,24 @@ class ModelConfig(Section):
     )
 
 
+_GENICAM_KEYS = (
+    "driver", "cti", "pixel_format", "exposure_us", "gain_db", "frame_rate", "sensor_roi", "binning", "packet_size",
+    "packet_delay_ns", "packet_socket", "buffers", "features", "trigger", "trigger_source", "trigger_activation",
+)
+
+
 class SourceConfig(Section):
     """[source]: where frames come from, and how camera loss is handled."""
 
-    kind: Literal["folder", "video", "v4l2", "rtsp", "gstreamer"] = Field(
-        "folder", description='Frame source: "folder", "video", "v4l2", "rtsp" (also http), "gstreamer".'
+    kind: Literal["folder", "video", "v4l2", "rtsp", "gstreamer", "genicam"] = Field(
+        "folder",
+        description='Frame source: "folder", "video", "v4l2", "rtsp" (also http), "gstreamer", "genicam" '
+        "(GigE Vision / USB3 Vision / GenTL cameras, see [source] driver).",
     )
     uri: str = Field(
         "var/sample/stream",
-        description="Folder path, video file, V4L2 device index or /dev/videoN, RTSP/HTTP URL, or GStreamer pipeline.",
+        description="Folder path, video file, V4L2 device index or /dev/videoN, RTSP/HTTP URL, GStreamer pipeline; "
+        'genicam: serial number, user id, IP address or device id ("" = the first camera found).',
     )
     name: str = Field("cam0", description="Camera name, carried in every verdict and log line.")
     glob: str = Field("*", description='folder: file name pattern, e.g. "*.png" (files are taken in sorted order).')
@@ -84,9 +93,69 @@ class SourceConfig(Section):
     roi: tuple[int, int, int, int] | None = Field(
         None, description="Optional crop [x, y, w, h] in frame pixels, applied before resizing to the model input."
     )
+    driver: Literal["aravis", "harvesters"] = Field(
+        "aravis",
+        description='genicam: "aravis" (libaravis: GigE Vision and USB3 Vision, no vendor SDK) or "harvesters" '
+        "(a vendor's GenTL producer, source.cti).",
+    )
+    cti: Path | None = Field(
+        None, description="genicam/harvesters: the GenTL producer (.cti); unset = every .cti in GENICAM_GENTL64_PATH."
+    )
+    pixel_format: str = Field(
+        "",
+        description='genicam: PixelFormat to set: Mono8, BayerRG8/GB8/GR8/BG8, RGB8, BGR8, RGBa8, BGRa8 (converted '
+        'to BGR); "" = as the camera is (it must be one of these).',
+    )
+    exposure_us: float | None = Field(
+        None, ge=0, description="genicam: ExposureTime in microseconds (ExposureAuto is turned off); unset = as is."
+    )
+    gain_db: float | None = Field(None, description="genicam: Gain in dB (GainAuto is turned off); unset = as is.")
+    frame_rate: float | None = Field(
+        None, gt=0, le=100000, description="genicam: AcquisitionFrameRate in frames/s (free-running); unset = as is."
+    )
+    sensor_roi: tuple[int, int, int, int] | None = Field(
+        None, description="genicam: sensor region [x, y, w, h] (OffsetX/Y, Width/Height) read out by the camera."
+    )
+    binning: int | None = Field(
+        None, ge=1, le=16, description="genicam: BinningHorizontal and BinningVertical; unset = as is."
+    )
+    packet_size: int = Field(
+        0, ge=0, le=65535, description="genicam, GigE: GevSCPSPacketSize in bytes; 0 = negotiated at connect."
+    )
+    packet_delay_ns: int = Field(
+        0, ge=0, le=10**9, description="genicam, GigE: inter-packet delay (GevSCPD), 0 = the camera's setting."
+    )
+    packet_socket: bool = Field(
+        True,
+        description="genicam/aravis, GigE: receive through a Linux packet socket where allowed (CAP_NET_RAW); "
+        "false = always a plain UDP socket (cameras on loopback, some containers).",
+    )
+    buffers: int = Field(8, ge=2, le=256, description="genicam: buffers in the acquisition pool.")
+    features: dict[str, bool | int | float | str] = Field(
+        default_factory=dict,
+        description="genicam: any other GenICam feature, applied in this order after the settings above, e.g. "
+        '{ ExposureAuto = "Off", UserSetSelector = "UserSet1" }; a command set to true is executed.',
+    )
+    trigger: Literal["free", "software", "hardware"] = Field(
+        "free",
+        description='genicam: "free" (continuous), "software" (each trigger message fires TriggerSoftware; needs '
+        'pipeline.mode = "triggered") or "hardware" (every exposure a trigger line starts is a part).',
+    )
+    trigger_source: str = Field("Line1", description='genicam, trigger = "hardware": TriggerSource, e.g. "Line1".')
+    trigger_activation: str = Field(
+        "RisingEdge", description='genicam, trigger = "hardware": TriggerActivation, e.g. "RisingEdge", "FallingEdge".'
+    )
     stall_timeout_s: float = Field(5.0, gt=0, le=3600, description="No frame for this long = camera lost; reconnect.")
     reconnect_min_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay; doubles on each failure.")
     reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Longest reconnect delay (retries never stop).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_camera(cls, data: Any) -> Any:
+        """kind = "genicam" without a uri means the first camera found, not the sample folder."""
+        if isinstance(data, dict) and data.get("kind") == "genicam" and "uri" not in data:
+            data = {**data, "uri": ""}
+        return data
 
     @model_validator(mode="after")
     def _check_backoff(self) -> SourceConfig:
@@ -96,9 +165,17 @@ class SourceConfig(Section):
                 f"source.reconnect_min_s ({self.reconnect_min_s})"
             )
             raise ValueError(msg)
-        if self.roi is not None and (self.roi[2] <= 0 or self.roi[3] <= 0 or min(self.roi[:2]) < 0):
-            msg = f"source.roi must be [x>=0, y>=0, w>0, h>0], got {list(self.roi)}"
-            raise ValueError(msg)
+        for key in ("roi", "sensor_roi"):
+            box = getattr(self, key)
+            if box is not None and (box[2] <= 0 or box[3] <= 0 or min(box[:2]) < 0):
+                msg = f"source.{key} must be [x>=0, y>=0, w>0, h>0], got {list(box)}"
+                raise ValueError(msg)
+        if self.kind != "genicam":
+            fields = type(self).model_fields
+            camera_only = [k for k in _GENICAM_KEYS if getattr(self, k) != fields[k].get_default(call_default_factory=True)]
+            if camera_only:
+                msg = f"source.{camera_only[0]} is a GenICam camera setting; it needs source.kind = 'genicam'"
+                raise ValueError(msg)
         return self
 
 
@@ -305,7 +382,7 @@ def _read_credentials(config: Config) -> None:
 
 
 def _resolve_paths(config: Config, base: Path) -> None:
-    for section in (config.model, config.mqtt, config.debug):
+    for section in (config.model, config.source, config.mqtt, config.debug):
         for name, value in section:
             if isinstance(value, Path) and not value.is_absolute():
                 setattr(section, name, base / value)
@@ -379,5 +456,7 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }" if value else "{}"
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{text}"'

@@ -29,6 +29,10 @@ class DatasetError(InspectdError):
     exit_code = 2
 
 
+class CameraConfigError(ConfigError):
+    """Raised when a camera does not have a configured feature, or refuses its value (message: the allowed range)."""
+
+
 class SourceError(InspectdError):
     """Raised when a frame source cannot be opened or stops delivering frames."""
 

@@ -69,6 +69,7 @@ class PipelineStats:
         self.last_verdict: str | None = None
         self.camera_reconnects = 0
         self.camera_outages = 0
+        self.frames_dropped_camera = 0
         self.queue_depths: dict[str, int] = {}
         self.broker_connected = False
         self.spool_depth = 0
@@ -100,6 +101,11 @@ class PipelineStats:
         """Count one camera outage (reported once, however many retries)."""
         with self._lock:
             self.camera_outages += 1
+
+    def camera_dropped(self, n: int = 1) -> None:
+        """Count `n` frames the camera or its link lost: incomplete buffers and gaps in the camera's frame ids."""
+        with self._lock:
+            self.frames_dropped_camera += n
 
     def camera_reconnect(self) -> None:
         """Count one successful reconnect after an outage."""
@@ -168,6 +174,7 @@ class PipelineStats:
                 "last_verdict": self.last_verdict,
                 "camera_reconnects": self.camera_reconnects,
                 "camera_outages": self.camera_outages,
+                "frames_dropped_camera": self.frames_dropped_camera,
                 "queue_depths": dict(self.queue_depths),
                 "broker_connected": self.broker_connected,
                 "spool_depth": self.spool_depth,

@@ -1,4 +1,4 @@
-"""Frame sources: image folder, video file, V4L2, RTSP/HTTP and GStreamer, all behind one small `Source` interface.
+"""Frame sources: image folder, video file, V4L2, RTSP/HTTP, GStreamer and GenICam cameras, behind one `Source`.
 
 A source never raises for a bad frame: an unreadable, empty, 16-bit or wrongly shaped image becomes a `Frame` with
 `image=None` and an `error` saying why, so the pipeline gives it an `error` verdict (a part is never passed
@@ -23,6 +23,14 @@ if TYPE_CHECKING:
     from edge.stats import PipelineStats
 
 
+@dataclass(frozen=True)
+class CameraStamp:
+    """What a GenICam camera says about an exposure: its own frame id (block id) and timestamp."""
+
+    frame_id: int
+    timestamp_ns: int | None  # the camera's clock (PTP-synchronised when the camera is); None when not reported
+
+
 @dataclass
 class Frame:
     """One captured frame, or the reason there is none (`image is None`, `error` set)."""
@@ -34,6 +42,7 @@ class Frame:
     image: np.ndarray | None  # BGR uint8 (H, W, 3)
     error: str | None = None
     outage: bool = False  # an error frame that stands for a camera outage
+    camera: CameraStamp | None = None  # GenICam cameras: the exposure this frame is
 
 
 class Source(Protocol):
@@ -68,13 +77,16 @@ class FrameFactory:
         self.name = name
         self._ids = itertools.count()
 
-    def make(self, image: np.ndarray | None, *, error: str | None = None, outage: bool = False) -> Frame:
+    def make(
+        self, image: np.ndarray | None, *, error: str | None = None, outage: bool = False,
+        camera: CameraStamp | None = None,
+    ) -> Frame:
         """A Frame stamped now; `image` is checked and grey is expanded to BGR, anything else odd becomes an error."""
         if error is None:
             image, error = check_image(image)
         if error is not None:
             image = None
-        return Frame(next(self._ids), time.time(), time.monotonic(), self.name, image, error, outage)
+        return Frame(next(self._ids), time.time(), time.monotonic(), self.name, image, error, outage, camera)
 
 
 def check_image(image: np.ndarray | None) -> tuple[np.ndarray | None, str | None]:
@@ -105,10 +117,16 @@ def open_source(config: SourceConfig, base_dir: Path | None = None, *, stats: Pi
 
     Raises:
         SourceError: a folder or video file cannot be opened, or GStreamer is asked of an OpenCV without it.
-            Live cameras (v4l2, rtsp, gstreamer) never raise for being unreachable: they retry forever.
+            Live cameras (v4l2, rtsp, gstreamer, genicam) never raise for being unreachable: they retry forever.
+        CameraConfigError: a GenICam camera found at start-up refuses a setting (exit 2).
+        MissingExtraError: kind = "genicam" without its driver's packages (exit 2).
     """
     from edge.sources import files, live
 
+    if config.kind == "genicam":
+        from edge.sources.genicam import GenicamSource
+
+        return GenicamSource(config, stats=stats)
     if config.kind in {"folder", "video"}:
         path = Path(config.uri).expanduser()
         if not path.is_absolute():
@@ -119,4 +137,4 @@ def open_source(config: SourceConfig, base_dir: Path | None = None, *, stats: Pi
     return live.LiveSource(config, live.opener_for(config), stats=stats)
 
 
-__all__ = ["Frame", "FrameFactory", "Source", "SourceError", "check_image", "open_source"]
+__all__ = ["CameraStamp", "Frame", "FrameFactory", "Source", "SourceError", "check_image", "open_source"]

@@ -3,7 +3,11 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-DEB_PACKAGES := mosquitto libgl1 libglib2.0-0 systemd shellcheck
+# Cameras (README, Industrial cameras): libaravis and its fake GigE camera, GStreamer's RTSP server for the RTSP
+# tests, and what pip needs to build PyGObject (the genicam extra) against the system's GObject introspection.
+DEB_PACKAGES := mosquitto libgl1 libglib2.0-0 systemd shellcheck \
+	gir1.2-aravis-0.8 aravis-tools gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+	libgirepository1.0-dev libcairo2-dev pkg-config gcc python3-dev
 
 .PHONY: setup demo lint test test-pressure clean
 
@@ -13,7 +17,8 @@ $(BIN)/activate:
 
 # The stamp is rebuilt whenever pyproject.toml or this file changes, so `make test` after a pull reinstalls.
 # Extras: train (the offline side the tests exercise), dev (test tools), demo (amqtt: the demo's embedded broker,
-# which tests/edge/test_demo.py runs).
+# which tests/edge/test_demo.py runs), genicam (harvesters, genicam, PyGObject: the camera tests), the last one only
+# where PyGObject can be built (GObject introspection headers present).
 $(VENV)/.installed: pyproject.toml Makefile | $(BIN)/activate
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -21,7 +26,9 @@ $(VENV)/.installed: pyproject.toml Makefile | $(BIN)/activate
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "warning: missing Debian packages:$$missing (run as root or: sudo apt-get install$$missing)"; fi; \
 	fi
-	$(BIN)/pip install -q -e '.[train,dev,demo]'
+	@if pkg-config --exists gobject-introspection-1.0 cairo 2>/dev/null; then extras=train,dev,demo,genicam; \
+	else extras=train,dev,demo; echo "warning: libgirepository1.0-dev/libcairo2-dev missing: no genicam extra (camera tests skip)"; fi; \
+	$(BIN)/pip install -q -e ".[$$extras]"
 	touch $@
 
 setup: $(VENV)/.installed

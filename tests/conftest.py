@@ -298,3 +298,14 @@ def mqtt_collector(broker: Broker) -> Iterator[Callable[..., Collector]]:
     for client in clients:
         client.disconnect()
         client.loop_stop()
+
+
+@pytest.fixture
+def fake_gige(tmp_path: Path) -> Iterator[Any]:
+    """Aravis' simulated GigE Vision camera on loopback (tests/cameras.py), running; killed by PID after the test."""
+    from tests.cameras import FakeGigECamera
+
+    camera = FakeGigECamera(tmp_path)
+    camera.start()
+    yield camera
+    camera.close()

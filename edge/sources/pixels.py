@@ -72,5 +72,5 @@ def to_bgr(data: np.ndarray, width: int, height: int, pixel_format: str, stride:
     rows = data[: stride * height].reshape(height, stride)[:, :row]
     image = rows.reshape(height, width, fmt.channels) if fmt.channels > 1 else rows
     if fmt.to_bgr is None:
-        return np.ascontiguousarray(image)
+        return image.copy()  # a writable array of its own (driver buffers may be read-only views)
     return cv2.cvtColor(np.ascontiguousarray(image), fmt.to_bgr)

@@ -58,6 +58,8 @@ class PipelineCollector(Collector):
         yield _counter("camera_reconnects", "Successful camera reconnects.", snap.get("camera_reconnects", 0))
         yield _counter("camera_outages", "Camera outages (no frame within source.stall_timeout_s).",
                        snap.get("camera_outages", 0))
+        yield _counter("frames_dropped_camera", "Frames the camera or its link lost (incomplete buffers, gaps in the "
+                       "camera's frame ids).", snap.get("frames_dropped_camera", 0))
         yield GaugeMetricFamily(
             f"{PREFIX}_fps", "Verdicts per second over the last seconds.", value=snap.get("fps", 0.0)
         )

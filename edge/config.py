@@ -152,7 +152,7 @@ class SourceConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _first_camera(cls, data: Any) -> Any:
-        """kind = "genicam" without a uri means the first camera found, not the sample folder."""
+        """A genicam source without a uri means the first camera found, not the sample folder."""
         if isinstance(data, dict) and data.get("kind") == "genicam" and "uri" not in data:
             data = {**data, "uri": ""}
         return data
@@ -172,7 +172,9 @@ class SourceConfig(Section):
                 raise ValueError(msg)
         if self.kind != "genicam":
             fields = type(self).model_fields
-            camera_only = [k for k in _GENICAM_KEYS if getattr(self, k) != fields[k].get_default(call_default_factory=True)]
+            camera_only = [
+                k for k in _GENICAM_KEYS if getattr(self, k) != fields[k].get_default(call_default_factory=True)
+            ]
             if camera_only:
                 msg = f"source.{camera_only[0]} is a GenICam camera setting; it needs source.kind = 'genicam'"
                 raise ValueError(msg)

@@ -106,7 +106,8 @@ def run_daemon(
     when a stage crashed, the drain timed out, or `max_frames` verdicts could not all be acknowledged in time).
 
     Raises:
-        ConfigError: triggered mode without MQTT, or a sink's configuration is unusable.
+        ConfigError: triggered mode without MQTT, a software trigger without triggered mode, a sink's configuration
+            is unusable, or (CameraConfigError) a GenICam camera refuses a setting.
         BundleError: the bundle is missing, tampered with, or its graph is not the bundle contract.
         SourceError: a folder or video file cannot be opened.
     """
@@ -116,6 +117,9 @@ def run_daemon(
     stop = stop or threading.Event()
     if config.pipeline.mode == "triggered" and not config.mqtt.enabled:
         msg = "pipeline.mode = 'triggered' needs MQTT (triggers arrive on <prefix>/trigger); set mqtt.enabled = true"
+        raise ConfigError(msg)
+    if config.source.trigger == "software" and config.pipeline.mode != "triggered":
+        msg = "source.trigger = 'software' fires the camera per trigger message: it needs pipeline.mode = 'triggered'"
         raise ConfigError(msg)
     stats = PipelineStats()
     notifier = Notifier()

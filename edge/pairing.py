@@ -85,5 +85,5 @@ class Pairer:
 
     def _lone_part(self) -> Pair:
         part_id, _ = self._parts.popleft()
-        why = f"no exposure from camera {self.camera} within {self.window:g} s of the trigger message (hardware trigger)"
+        why = f"no exposure from camera {self.camera} within {self.window:g} s of the trigger message (hardware)"
         return Pair(None, part_id, why)

@@ -14,8 +14,10 @@ Rules this module keeps (the product's fail-safe rules):
    lost verdict; a skipped frame shows as a `frame_id` gap instead. Camera outage frames are never skipped.
    File sources without `fps` are never skipped: capture waits for the pipeline instead.
 3. `triggered` mode: each trigger `(part_id, received_monotonic)` yields exactly one verdict carrying the part_id,
-   judged on the first frame captured after the trigger; `error` if none comes within `trigger_timeout_s`, if the
-   source ends, or if the daemon stops with the trigger still pending. A part is never skipped.
+   judged on the first frame captured after the trigger (a software-triggered GenICam camera: the exposure that
+   trigger fired); `error` if none comes within `trigger_timeout_s`, if the source ends, or if the daemon stops with
+   the trigger still pending. A part is never skipped. A hardware-triggered camera makes every exposure a part, and
+   trigger messages are paired with exposures by edge/pairing.py's rule; what stays unpaired is an `error`.
 4. Every stage beats `stats.beat(stage)` each loop iteration (queue gets use a timeout), so the watchdog can tell a
    hung stage from an idle one.
 """
@@ -32,10 +34,11 @@ from typing import TYPE_CHECKING, Any
 
 from edge.contract import THRESHOLD
 from edge.log import bind_thread, get_logger
+from edge.pairing import Pairer
 from edge.postprocess import find_regions, judge
 from edge.preprocess import Geometry, preprocess
 from edge.seq import SeqCounter
-from edge.sources import Frame
+from edge.sources import Frame, SoftwareTriggered
 from edge.verdict import Inspection, Verdict
 
 if TYPE_CHECKING:
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 _TICK = 0.25  # longest a stage waits on a queue before beating again
+_PAIR_TICK = 0.05  # hardware trigger: how often part ids and exposures are paired
 _SKIP_LOG_EVERY_S = 10.0
 
 
@@ -224,11 +228,13 @@ class Pipeline:
         t0 = time.perf_counter()
         frame = self.source.read(timeout)
         if frame is not None:
-            seconds = time.perf_counter() - t0
-            self._capture_ms[frame.frame_id] = round(seconds * 1000, 3)
-            self.stats.frame_captured()
-            self.stats.observe("capture", seconds)
+            self._captured(frame, time.perf_counter() - t0)
         return frame
+
+    def _captured(self, frame: Frame, seconds: float) -> None:
+        self._capture_ms[frame.frame_id] = round(seconds * 1000, 3)
+        self.stats.frame_captured()
+        self.stats.observe("capture", seconds)
 
     def _capture_continuous(self) -> None:
         while not self._stopping.is_set() and not self._enough():
@@ -268,27 +274,81 @@ class Pipeline:
             self._skips_unlogged, self._skip_logged_at = 0, now
 
     def _capture_triggered(self) -> None:
+        if self.config.source.trigger == "hardware":
+            self._capture_paired()
+            return
+        software = self.source if isinstance(self.source, SoftwareTriggered) else None
+        if self.config.source.trigger != "software":
+            software = None
         while not self._stopping.is_set() and not self._enough():
             self.stats.beat("capture")
             try:
                 part_id, received = self._triggers.get(timeout=_TICK)
             except queue.Empty:
-                self._idle_live_source()
+                self._idle_live_source(polled=software is not None)
                 continue
-            frame, error = self._frame_after(received)
+            if software is not None:
+                frame, error = self._exposure(software, received)
+            else:
+                frame, error = self._frame_after(received)
             if frame is None:
                 frame = self.source.error_frame(error or "no frame")
             self._admit(frame, part_id)
             if self.source.finished:
                 return
 
-    def _idle_live_source(self) -> None:
-        """Between triggers, keep a camera's buffer fresh and report outages (they are not parts)."""
-        if not self.source.live:
+    def _idle_live_source(self, *, polled: bool = False) -> None:
+        """Between triggers, keep a camera's buffer fresh and report outages (they are not parts).
+
+        A software-triggered camera (`polled`) sends no frames between triggers, only its outage reports.
+        """
+        if not (self.source.live or polled):
             return
         frame = self._read(0.0)
         if frame is not None and frame.outage:
             self._admit(frame, None)
+
+    def _exposure(self, source: SoftwareTriggered, received: float) -> tuple[Frame | None, str | None]:
+        """Software trigger: fire the camera and wait for exactly that exposure, else (None, why)."""
+        timeout = self.config.pipeline.trigger_timeout_s
+        deadline = received + timeout
+        if time.monotonic() >= deadline:
+            return None, f"trigger waited over {timeout:g} s behind earlier ones; camera {self.source.name} not fired"
+        t0 = time.perf_counter()
+        frame = source.fire()
+        while frame is None:
+            self.stats.beat("capture")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None, f"no exposure from camera {self.source.name} within {timeout:g} s of the trigger"
+            frame = source.exposure(min(remaining, _TICK))
+        self._captured(frame, time.perf_counter() - t0)
+        return frame, None
+
+    def _capture_paired(self) -> None:
+        """Hardware trigger with part ids: every exposure is a part, paired with trigger messages (edge/pairing.py)."""
+        pairer = Pairer(self.config.pipeline.trigger_timeout_s, self.source.name)
+        try:
+            while not self._stopping.is_set() and not self._enough():
+                self.stats.beat("capture")
+                while True:
+                    try:
+                        pairer.part(*self._triggers.get_nowait())
+                    except queue.Empty:
+                        break
+                frame = self._read(_PAIR_TICK)
+                if frame is not None and frame.outage:
+                    self._admit(frame, None)  # an outage is not a part
+                elif frame is not None:
+                    pairer.exposure(frame)
+                for pair in pairer.due(time.monotonic()):
+                    self._admit(pair.frame or self.source.error_frame(pair.error or ""), pair.part_id, pair.error)
+                if self.source.finished:
+                    return
+        finally:
+            why = "inspectd is stopping" if self._stopping.is_set() or self._enough() else "source ended"
+            for pair in pairer.drain(why):
+                self._admit(pair.frame or self.source.error_frame(pair.error or ""), pair.part_id, pair.error)
 
     def _frame_after(self, received: float) -> tuple[Frame | None, str | None]:
         """The first frame captured after `received` (or an outage frame), else (None, why)."""
@@ -483,6 +543,7 @@ class Pipeline:
             part_id=job.part_id,
             regions=regions,
             error=error,
+            camera=job.frame.camera,
         )
 
     # 5. publish -------------------------------------------------------------------------------------------------

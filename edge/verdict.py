@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge.preprocess import Geometry
+from edge.sources import CameraStamp
 
 VerdictKind = Literal["pass", "fail", "error"]
 KINDS: tuple[VerdictKind, ...] = ("pass", "fail", "error")
@@ -52,6 +53,7 @@ class Verdict:
     part_id: str | None = None
     regions: tuple[Region, ...] = ()
     error: str | None = None  # why, for outcome == "error"
+    camera: CameraStamp | None = None  # GenICam: the camera's frame id and timestamp of the exposure
 
     def __post_init__(self) -> None:
         if self.outcome not in KINDS:
@@ -66,7 +68,7 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict in schema order; built by hand because `dataclasses.asdict` deep-copies (hot path)."""
-        return {
+        out: dict[str, Any] = {
             "seq": self.seq,
             "frame_id": self.frame_id,
             "ts": self.ts,
@@ -83,6 +85,9 @@ class Verdict:
             ],
             "error": self.error,
         }
+        if self.camera is not None:  # only GenICam frames: other sources' payloads stay as they were
+            out["camera"] = {"frame_id": self.camera.frame_id, "timestamp_ns": self.camera.timestamp_ns}
+        return out
 
     def to_json(self) -> str:
         """Compact JSON, as published on <prefix>/result."""

@@ -11,7 +11,7 @@ import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -67,6 +67,22 @@ class Source(Protocol):
 
     def close(self) -> None:
         """Release the camera or file handle."""
+        ...
+
+
+@runtime_checkable
+class SoftwareTriggered(Protocol):
+    """A source whose camera exposes on command (GenICam, `source.trigger = "software"`): one exposure per part."""
+
+    def fire(self) -> Frame | None:
+        """Trigger one exposure: None when fired (collect it with `exposure`).
+
+        An error frame when it could not be fired (the camera is lost, or refused the command).
+        """
+        ...
+
+    def exposure(self, timeout: float) -> Frame | None:
+        """The exposure the last `fire` caused (or the outage report that ended it); None if not within `timeout`."""
         ...
 
 
@@ -137,4 +153,6 @@ def open_source(config: SourceConfig, base_dir: Path | None = None, *, stats: Pi
     return live.LiveSource(config, live.opener_for(config), stats=stats)
 
 
-__all__ = ["CameraStamp", "Frame", "FrameFactory", "Source", "SourceError", "check_image", "open_source"]
+__all__ = [
+    "CameraStamp", "Frame", "FrameFactory", "SoftwareTriggered", "Source", "SourceError", "check_image", "open_source",
+]

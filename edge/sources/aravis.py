@@ -27,7 +27,7 @@ gi.require_version("Aravis", "0.8")
 from gi.repository import Aravis, GLib  # noqa: E402 - require_version must come first
 
 from edge.sources import pixels  # noqa: E402
-from edge.sources.features import NodeKind, Value  # noqa: E402
+from edge.sources.features import CameraIOError, NodeKind, Value  # noqa: E402
 from edge.sources.genicam import CameraInfo, CameraNotFound, Exposure  # noqa: E402
 
 _KINDS: tuple[tuple[Any, NodeKind], ...] = (  # most specific first: an enumeration is also a string and an integer
@@ -39,6 +39,17 @@ _KINDS: tuple[tuple[Any, NodeKind], ...] = (  # most specific first: an enumerat
     (Aravis.GcString, "string"),
 )
 _WRITABLE = (Aravis.GcAccessMode.RW, Aravis.GcAccessMode.WO)
+_IO_ERRORS = {  # ArvDeviceError codes that mean "the camera did not answer", not "the value is wrong"
+    Aravis.DeviceError.NOT_CONNECTED, Aravis.DeviceError.TRANSFER_ERROR, Aravis.DeviceError.TIMEOUT,
+    Aravis.DeviceError.NOT_CONTROLLER, Aravis.DeviceError.PROTOCOL_ERROR_BUSY,
+}
+
+
+def _io(exc: GLib.Error) -> Exception:
+    """A GLib error from the device as CameraIOError when it is a transport failure, else unchanged."""
+    if exc.domain == GLib.quark_to_string(Aravis.DeviceError.quark()) and exc.code in {int(c) for c in _IO_ERRORS}:
+        return CameraIOError(exc.message)
+    return exc
 
 
 class AravisNodes:
@@ -75,14 +86,17 @@ class AravisNodes:
 
     def set(self, name: str, value: Value) -> None:  # noqa: D102
         kind = self.kind(name)
-        if kind == "boolean":
-            self._dev.set_boolean_feature_value(name, bool(value))
-        elif kind == "integer":
-            self._dev.set_integer_feature_value(name, int(value))
-        elif kind == "float":
-            self._dev.set_float_feature_value(name, float(value))
-        else:
-            self._dev.set_string_feature_value(name, str(value))
+        try:
+            if kind == "boolean":
+                self._dev.set_boolean_feature_value(name, bool(value))
+            elif kind == "integer":
+                self._dev.set_integer_feature_value(name, int(value))
+            elif kind == "float":
+                self._dev.set_float_feature_value(name, float(value))
+            else:
+                self._dev.set_string_feature_value(name, str(value))
+        except GLib.Error as exc:
+            raise _io(exc) from None
 
     def bounds(self, name: str) -> tuple[float, float, float | None]:  # noqa: D102
         if self.kind(name) == "integer":
@@ -95,7 +109,10 @@ class AravisNodes:
         return list(self._dev.dup_available_enumeration_feature_values_as_strings(name))
 
     def execute(self, name: str) -> None:  # noqa: D102
-        self._dev.execute_command(name)
+        try:
+            self._dev.execute_command(name)
+        except GLib.Error as exc:
+            raise _io(exc) from None
 
     def names(self) -> list[str]:  # noqa: D102
         if self._names is None:
@@ -217,6 +234,9 @@ class AravisDriver:
                 msg = f"cannot open {match.describe()}: {exc.message}"
                 raise CameraNotFound(msg) from None
         dev = camera.get_device()
+        if camera.is_gv_device() and not dev.is_controller():
+            msg = f"camera {uri or camera.get_device_id()} is controlled by another application (viewer, daemon)"
+            raise CameraIOError(msg)
         address = dev.get_device_address().to_string() if camera.is_gv_device() else ""
         info = CameraInfo(
             driver=self.name, device_id=camera.get_device_id() or "", vendor=camera.get_vendor_name() or "",

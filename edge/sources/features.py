@@ -14,15 +14,22 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, NoReturn, Protocol
 
-from edge.errors import CameraConfigError
+from edge.errors import CameraConfigError, SourceError
 from edge.sources import pixels
 
 if TYPE_CHECKING:
     from edge.config import SourceConfig
 
 Value = bool | int | float | str
+
+
+class CameraIOError(SourceError):
+    """The camera did not answer (timeout, link down, controlled by another application): an outage, not a config error.
+
+    NodeMap implementations raise it for transport failures, so a setting is never blamed for them.
+    """
 NodeKind = Literal["integer", "float", "enumeration", "boolean", "string", "command"]
 
 
@@ -74,15 +81,16 @@ class Writer:
         self.camera = camera
         self.written: list[str] = []
 
-    def error(self, key: str, why: str) -> CameraConfigError:
-        """A CameraConfigError naming the config key and this camera."""
-        return CameraConfigError(f"{key}: {why} (camera {self.camera})")
+    def refuse(self, key: str, why: str) -> NoReturn:
+        """Raise the CameraConfigError naming the config key and this camera."""
+        msg = f"{key}: {why} (camera {self.camera})"
+        raise CameraConfigError(msg)
 
-    def missing(self, key: str, name: str) -> CameraConfigError:
+    def absent(self, key: str, name: str) -> NoReturn:
         """The camera has no node `name`: say so, with the closest names it does have."""
         close = difflib.get_close_matches(name, self.nodes.names(), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        return self.error(key, f"the camera has no feature {name!r}{hint}")
+        self.refuse(key, f"the camera has no feature {name!r}{hint}")
 
     def first(self, names: Iterable[str]) -> str | None:
         """The first of `names` the camera implements (SFNC name first, then the older GigE '...Abs' names)."""
@@ -96,14 +104,14 @@ class Writer:
         """
         kind = self.nodes.kind(name)
         if kind is None:
-            raise self.missing(key, name)
+            self.absent(key, name)
         if kind == "command":
             if value is not True:
-                raise self.error(key, f"{name} is a command: set it to true to execute it at connect")
+                self.refuse(key, f"{name} is a command: set it to true to execute it at connect")
             self._apply(key, name, lambda: self.nodes.execute(name))
             return
         if not self.nodes.writable(name):
-            raise self.error(key, f"{name} is read-only on this camera now")
+            self.refuse(key, f"{name} is read-only on this camera now")
         value = self._check(key, name, kind, value)
         self._apply(key, name, lambda: self.nodes.set(name, value))
         if name not in self.written:
@@ -114,37 +122,41 @@ class Writer:
         if kind == "enumeration":
             entries = self.nodes.entries(name)
             if str(value) not in entries:
-                raise self.error(shown, f"{name} must be one of {', '.join(entries)}")
+                self.refuse(shown, f"{name} must be one of {', '.join(entries)}")
             return str(value)
         if kind == "boolean":
             if not isinstance(value, bool):
-                raise self.error(shown, f"{name} is a boolean: true or false")
+                self.refuse(shown, f"{name} is a boolean: true or false")
             return value
         if kind == "string":
             return str(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.error(shown, f"{name} is a number ({kind})")
+            self.refuse(shown, f"{name} is a number ({kind})")
         lo, hi, inc = self.nodes.bounds(name)
         if kind == "integer":
             if value != int(value):
-                raise self.error(shown, f"{name} is an integer")
+                self.refuse(shown, f"{name} is an integer")
             value = int(value)
         step = f" in steps of {_fmt(inc)}" if inc and kind == "integer" and inc > 1 else ""
         if not lo <= value <= hi:
-            raise self.error(shown, f"out of range: {name} must be {_fmt(lo)}..{_fmt(hi)}{step}")
+            self.refuse(shown, f"out of range: {name} must be {_fmt(lo)}..{_fmt(hi)}{step}")
         if step and inc and (value - lo) % inc:
-            raise self.error(shown, f"{name} must be {_fmt(lo)}..{_fmt(hi)}{step}")
+            self.refuse(shown, f"{name} must be {_fmt(lo)}..{_fmt(hi)}{step}")
         return value
 
     def _apply(self, key: str, name: str, action: object) -> None:
         try:
             action()  # type: ignore[operator]
+        except CameraIOError:
+            raise  # the camera is gone or busy, not refusing the value: an outage, retried
         except Exception as exc:  # noqa: BLE001 - the driver's own error, whatever its type, is the reason
-            raise self.error(key, f"the camera refused {name}: {exc}") from None
+            self.refuse(key, f"the camera refused {name}: {exc}")
 
     def ensure(self, key: str, name: str, value: Value) -> None:
-        """Write a value a setting implies (AcquisitionMode, ExposureAuto Off, ...) where the camera has the node and
-        it differs: a read-only node that already has the value is fine."""
+        """Write a value a setting implies (AcquisitionMode, ExposureAuto Off, ...) if the camera has it and differs.
+
+        A read-only node that already has the value is fine.
+        """
         if self.nodes.kind(name) is None:
             return
         if self.nodes.get(name) == value:
@@ -182,23 +194,23 @@ def apply_settings(nodes: NodeMap, config: SourceConfig, camera: str) -> dict[st
     if config.frame_rate is not None:
         for enable in ("AcquisitionFrameRateEnable", "AcquisitionFrameRateEnabled"):
             w.ensure("source.frame_rate", enable, True)
-        name = w.first(("AcquisitionFrameRate", "AcquisitionFrameRateAbs"))
-        if name is None:
-            raise w.missing("source.frame_rate", "AcquisitionFrameRate")
-        w.write("source.frame_rate", name, config.frame_rate)
+        rate = w.first(("AcquisitionFrameRate", "AcquisitionFrameRateAbs"))
+        if rate is None:
+            w.absent("source.frame_rate", "AcquisitionFrameRate")
+        w.write("source.frame_rate", rate, config.frame_rate)
     if config.exposure_us is not None:
         w.ensure("source.exposure_us", "ExposureAuto", "Off")
-        name = w.first(("ExposureTime", "ExposureTimeAbs"))
-        if name is None:
-            raise w.missing("source.exposure_us", "ExposureTime")
-        w.write("source.exposure_us", name, config.exposure_us)
+        exposure = w.first(("ExposureTime", "ExposureTimeAbs"))
+        if exposure is None:
+            w.absent("source.exposure_us", "ExposureTime")
+        w.write("source.exposure_us", exposure, config.exposure_us)
     if config.gain_db is not None:
         w.ensure("source.gain_db", "GainAuto", "Off")
-        name = w.first(("Gain", "GainAbs"))
-        if name is None:
+        gain = w.first(("Gain", "GainAbs"))
+        if gain is None:
             raw = " (it has GainRaw, in raw units, not dB: set features.GainRaw)" if nodes.kind("GainRaw") else ""
-            raise w.error("source.gain_db", f"the camera has no Gain in dB{raw}")
-        w.write("source.gain_db", name, config.gain_db)
+            w.refuse("source.gain_db", f"the camera has no Gain in dB{raw}")
+        w.write("source.gain_db", gain, config.gain_db)
     for name, value in config.features.items():
         w.write(f"source.features.{name}", name, value)
     return {name: nodes.get(name) for name in w.written}
@@ -207,17 +219,17 @@ def apply_settings(nodes: NodeMap, config: SourceConfig, camera: str) -> dict[st
 def _pixel_format(w: Writer, config: SourceConfig) -> None:
     """Set (or check) an 8-bit pixel format inspectd converts; the camera's own list when it is not one."""
     if w.nodes.kind("PixelFormat") is None:
-        raise w.missing("source.pixel_format", "PixelFormat")
+        w.absent("source.pixel_format", "PixelFormat")
     usable = [e for e in w.nodes.entries("PixelFormat") if e in pixels.FORMATS]
     if config.pixel_format:
         if config.pixel_format not in pixels.FORMATS:
-            raise w.error(f"source.pixel_format = {config.pixel_format!r}",
+            w.refuse(f"source.pixel_format = {config.pixel_format!r}",
                           f"inspectd converts {', '.join(pixels.SUPPORTED)}; this camera offers {', '.join(usable)}")
         w.write("source.pixel_format", "PixelFormat", config.pixel_format)
         return
     current = str(w.nodes.get("PixelFormat"))
     if current not in pixels.FORMATS:
-        raise w.error("source.pixel_format", f"the camera streams {current}, which inspectd does not convert; "
+        w.refuse("source.pixel_format", f"the camera streams {current}, which inspectd does not convert; "
                       f"set one of {', '.join(usable) or '(none: the camera has no 8-bit format)'}")
     w.written.append("PixelFormat")
 
@@ -242,11 +254,11 @@ def _trigger(w: Writer, config: SourceConfig) -> None:
         return
     key = f"source.trigger = {config.trigger!r}"
     if not has_mode:
-        raise w.error(key, "the camera has no TriggerMode: it cannot be triggered; use source.trigger = 'free'")
+        w.refuse(key, "the camera has no TriggerMode: it cannot be triggered; use source.trigger = 'free'")
     _select_frame_start(w)
     if config.trigger == "software":
         if nodes.kind("TriggerSoftware") != "command":
-            raise w.missing(key, "TriggerSoftware")
+            w.absent(key, "TriggerSoftware")
         w.write(key, "TriggerSource", "Software")
     else:
         w.write("source.trigger_source", "TriggerSource", config.trigger_source)

@@ -1,6 +1,7 @@
-"""GenICam cameras (`source.kind = "genicam"`): GigE Vision / USB3 Vision through Aravis, any GenTL producer through
-harvesters, behind one small driver interface (`Driver` opens a `Connection`, whose `NodeMap` is the camera's
-features).
+"""GenICam cameras (`source.kind = "genicam"`): GigE Vision / USB3 Vision through Aravis, GenTL through harvesters.
+
+Both drivers sit behind one small interface: a `Driver` opens a `Connection`, whose `NodeMap` is the camera's
+features.
 
 What the source guarantees, whatever the driver:
 
@@ -16,9 +17,10 @@ What the source guarantees, whatever the driver:
   for `source.stall_timeout_s` is one outage: one error frame, counted, logged; the source reconnects forever with
   the `source.reconnect_min_s` .. `reconnect_max_s` backoff, also when the camera was not there at start.
 - **Triggers** (`source.trigger`): "free" runs continuously (the newest frames win when inspection is behind, like
-  any live camera); "software" gives one exposure per `expose()` call, which fires TriggerSoftware and returns
-  exactly the exposure it caused; "hardware" makes every exposure a part, never skipped: an exposure lost on the way
-  becomes an error frame in its place, so the pairing with part ids (edge/pairing.py) stays in step.
+  any live camera); "software" gives one exposure per `fire()`, which executes TriggerSoftware, collected with
+  `exposure()`: exactly the exposure that trigger caused; "hardware" makes every exposure a part, never skipped: an
+  exposure lost on the way becomes an error frame in its place, so the pairing with part ids (edge/pairing.py)
+  stays in step.
 """
 
 from __future__ import annotations
@@ -33,8 +35,7 @@ import numpy as np
 
 from edge.errors import CameraConfigError, MissingExtraError, SourceError
 from edge.log import get_logger
-from edge.sources import CameraStamp, Frame, FrameFactory
-from edge.sources import pixels
+from edge.sources import CameraStamp, Frame, FrameFactory, pixels
 from edge.sources.features import NodeMap, Value, apply_settings
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ _GRAB_S = 0.1  # longest the reader waits for a buffer before checking for stall
 _BUFFER = 2  # free-running: frames kept for a slow reader (older ones are skipped and counted, as live.py does)
 _MAX_LOST_FRAMES = 1000  # hardware trigger: most error frames one frame-id gap turns into
 _LOG_EVERY_S = 10.0
+_FLUSH_WAIT_S = 2.0  # longest a software trigger waits for acquisition to restart after a missed one
 UNKNOWN_ID = -1  # an incomplete buffer whose frame id the driver could not read (harvesters discards them)
 
 
@@ -97,9 +99,13 @@ class Connection(Protocol):
     """One open, controlled camera."""
 
     info: CameraInfo
-    nodes: NodeMap
     short_frame_ids: bool  # GigE Vision 1.x block ids: 16 bits, 65535 wraps to 1
     lost: str | None  # set (possibly from the driver's own thread) once the camera is known to be gone
+
+    @property
+    def nodes(self) -> NodeMap:
+        """The camera's features."""
+        ...
 
     def negotiate_packet_size(self) -> int | None:
         """GigE: find the largest packet size the network carries and set it; None for other transports."""
@@ -235,6 +241,8 @@ class GenicamSource:
         self._ids = FrameIds()
         self._unknown = 0  # incomplete buffers without a frame id since the last known id
         self._flush = threading.Event()  # a software trigger went unanswered: restart acquisition before the next
+        self._awaiting = False  # fire() was called and its exposure has not been collected yet
+        self._fired_at = 0.0
         self._lost_unlogged: dict[str, int] = {}
         self._lost_logged_at = 0.0
         conn: Connection | None = None
@@ -285,15 +293,14 @@ class GenicamSource:
             failure, delivered = self._pump(conn)
             with self._cond:
                 self._conn = None
+            if failure is not None:
+                if delivered:
+                    delay = cfg.reconnect_min_s  # it worked for a while: start the backoff again
+                self._outage(failure, delay)  # before closing: a dead GigE camera takes seconds to time out
             with self._conn_lock:
                 conn.close()
             conn = None
-            if failure is None:
-                return
-            if delivered:
-                delay = cfg.reconnect_min_s  # it worked for a while: start the backoff again
-            self._outage(failure, delay)
-            if self._closed.wait(delay):
+            if failure is None or self._closed.wait(delay):
                 return
             delay = min(delay * 2, cfg.reconnect_max_s)
 
@@ -302,6 +309,7 @@ class GenicamSource:
             self._conn = conn
             self._ids.reset()
             self._unknown = 0
+            self._flush.clear()  # a fresh stream has nothing from before
             if self._in_outage:
                 self._in_outage = False
                 if self._stats is not None:
@@ -426,7 +434,10 @@ class GenicamSource:
 
     # consumer side ----------------------------------------------------------------------------------------------
     def read(self, timeout: float) -> Frame | None:
-        """The next frame or outage report (software trigger: outage reports only; exposures come from expose)."""
+        """The next frame or outage report, oldest first.
+
+        With a software trigger only outage reports: exposures are collected with `exposure`.
+        """
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -439,16 +450,21 @@ class GenicamSource:
                     return None
                 self._cond.wait(remaining)
 
-    def expose(self, timeout: float) -> Frame:
-        """Software trigger: fire TriggerSoftware once and return the exposure it caused, or an error frame.
+    def fire(self) -> Frame | None:
+        """Software trigger: execute TriggerSoftware for the next part; collect its frame with `exposure`.
 
-        Never a frame from before the trigger: exposures already queued are discarded first, one arriving before
-        the command was sent is discarded, and after a trigger that got no exposure within `timeout` acquisition is
-        restarted (dropping anything still on its way) before the next trigger is fired.
+        Never a frame from before the trigger: exposures already queued are discarded first, and when the previous
+        trigger got no exposure, acquisition is restarted (dropping anything still on its way) before this one.
+        Returns None when fired, or the error frame this part gets when it cannot be (camera lost: the outage
+        report, once; refused command).
         """
-        deadline = time.monotonic() + timeout
+        if self._awaiting:  # the last trigger's exposure never came: it must not turn up as this part's
+            self._flush.set()
+            with self._cond:
+                self._cond.wait_for(lambda: not self._flush.is_set() or self._conn is None or self._closed.is_set(),
+                                    timeout=_FLUSH_WAIT_S)
+            self._awaiting = False
         with self._cond:
-            self._cond.wait_for(lambda: not self._flush.is_set() or self._closed.is_set(), timeout=timeout)
             outage = next((e for e in self._queue if isinstance(e, Frame)), None)
             if outage is not None:  # the camera went away since the last trigger: this part gets that report
                 self._queue.remove(outage)
@@ -460,36 +476,45 @@ class GenicamSource:
         if stale:
             log.warning("stale_exposures_discarded", camera=self.name, count=len(stale),
                         camera_frame_ids=[e.camera_frame_id for e in stale][:10])
-        if flushing:
-            return self._factory.make(None, error=f"camera {self.name} is still restarting acquisition after a "
-                                                  "trigger that got no exposure")
         if conn is None:
             return self._factory.make(None, error=f"camera {self.name} is not connected ({reason}); reconnecting")
+        if flushing:
+            return self._factory.make(None, error=f"camera {self.name} did not restart acquisition within "
+                                                  f"{_FLUSH_WAIT_S:g} s after a trigger that got no exposure")
         fired = time.monotonic()
         try:
             with self._conn_lock:
                 conn.trigger()
-        except Exception as exc:  # noqa: BLE001 - a dead control channel: this trigger reports the outage
+        except Exception as exc:  # noqa: BLE001 - a dead control channel: this part reports the outage
             conn.lost = f"TriggerSoftware failed: {exc}"
-            frame = self._outage(conn.lost, self._config.reconnect_min_s, queue=False)
+            frame = self._outage(f"{conn.info.describe()}: {conn.lost}", self._config.reconnect_min_s, queue=False)
             return frame or self._factory.make(None, error=f"camera {self.name}: {conn.lost}")
+        self._fired_at, self._awaiting = fired, True
+        return None
+
+    def exposure(self, timeout: float) -> Frame | None:
+        """The exposure the last `fire` caused, or the outage report that ended the wait.
+
+        An exposure that came incomplete is an error frame; None when nothing came within `timeout` (call again, or
+        give the part up).
+        """
+        deadline = time.monotonic() + timeout
         with self._cond:
             while True:
                 for entry in list(self._queue):
                     self._queue.remove(entry)
                     if isinstance(entry, Frame):
+                        self._awaiting = False
                         return entry
-                    if entry.received >= fired:
+                    if entry.received >= self._fired_at:
+                        self._awaiting = False
                         return self._frame(entry)
                     log.warning("stale_exposures_discarded", camera=self.name, count=1,
                                 camera_frame_ids=[entry.camera_frame_id])
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
+                if remaining <= 0 or self._closed.is_set():
+                    return None
                 self._cond.wait(remaining)
-        self._flush.set()
-        return self._factory.make(None, error=f"no exposure from camera {self.name} within {timeout:g} s of "
-                                              "TriggerSoftware (acquisition restarted)")
 
     def error_frame(self, error: str) -> Frame:
         """An error frame numbered in this source's frame_id sequence."""

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from genicam import genapi, gentl
 from harvesters.core import Callback, Harvester, ImageAcquirer
 
 from edge.errors import ConfigError
-from edge.sources.features import NodeKind, Value
+from edge.sources.features import CameraIOError, NodeKind, Value
 from edge.sources.genicam import UNKNOWN_ID, CameraInfo, CameraNotFound, Exposure
 
 _KINDS: dict[str, NodeKind] = {
@@ -83,7 +84,10 @@ class GenTLNodes:
         return value if isinstance(value, (bool, int, float)) else str(value)
 
     def set(self, name: str, value: Value) -> None:  # noqa: D102
-        self._node(name).value = value
+        try:
+            self._node(name).value = value
+        except (genapi.TimeoutException, gentl.IoException) as exc:
+            raise CameraIOError(str(exc)) from None
 
     def bounds(self, name: str) -> tuple[float, float, float | None]:  # noqa: D102
         node = self._node(name)
@@ -94,7 +98,10 @@ class GenTLNodes:
         return list(self._node(name).symbolics)
 
     def execute(self, name: str) -> None:  # noqa: D102
-        self._node(name).execute()
+        try:
+            self._node(name).execute()
+        except (genapi.TimeoutException, gentl.IoException) as exc:
+            raise CameraIOError(str(exc)) from None
 
     def names(self) -> list[str]:  # noqa: D102
         return sorted(n.node.name for n in self._nm.nodes)

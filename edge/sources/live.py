@@ -95,6 +95,7 @@ class LiveSource:
         self._gen = 0
         self._in_outage = False
         self._expect_by = 0.0  # monotonic deadline for the reader's next sign of life
+        self._readers: list[threading.Thread] = []
         with self._cond:
             self._start_reader_locked()
 
@@ -105,6 +106,7 @@ class LiveSource:
         name = f"camera-{self.name}-{self._gen}"
         thread = threading.Thread(target=self._run, args=(self._gen,), name=name, daemon=True)
         thread.start()
+        self._readers = [t for t in self._readers if t.is_alive()] + [thread]
 
     def _current(self, gen: int) -> bool:
         return gen == self._gen and not self._closed.is_set()
@@ -210,9 +212,19 @@ class LiveSource:
         return self._factory.make(None, error=error)
 
     def close(self) -> None:
-        """Stop every reader (a stuck one exits when its blocking call returns)."""
+        """Stop every reader and wait for them to leave OpenCV, at most one read timeout.
+
+        A reader still inside a capture call when the interpreter exits aborts the process when the call returns
+        (cv2 retakes the GIL inside a C++ frame: "FATAL: exception not rethrown", SIGABRT after a clean stop). A
+        reader stuck beyond the timeout is left behind.
+        """
         self._closed.set()
         self.finished = True
         with self._cond:
             self._gen += 1
             self._cond.notify_all()
+            readers = list(self._readers)
+        deadline = time.monotonic() + self._config.stall_timeout_s + 1.0
+        for thread in readers:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))

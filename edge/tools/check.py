@@ -3,11 +3,12 @@
     inspectd check [--backend onnxruntime|tensorrt] [--bundle DIR] [--config PATH] [--frames 100]
 
 One line per fact, in the order an installer checks them: Python, OpenCV's video I/O (GStreamer, FFmpeg, V4L2),
-ONNX Runtime and its providers, TensorRT and CUDA (or "not available: why"), then, with --config, the camera
-(one frame within a timeout) and the broker (TCP, then an MQTT CONNECT), and, with a bundle, N frames through each
-available backend: throughput at batch 1 and the max batch, and TensorRT against ONNX Runtime (largest map
-difference, verdict agreement). Exit 1 if anything that was asked for failed: the chosen backend, the camera and
-broker of --config, the bundle; things not asked for are reported, never fatal.
+ONNX Runtime and its providers, TensorRT and CUDA (or "not available: why"), then, with --config, the GenICam
+cameras its driver finds (model, serial, address, pixel formats) when the source is one, the camera (one frame
+within a timeout, with what a GenICam camera read back) and the broker (TCP, then an MQTT CONNECT), and, with a
+bundle, N frames through each available backend: throughput at batch 1 and the max batch, and TensorRT against ONNX
+Runtime (largest map difference, verdict agreement). Exit 1 if anything that was asked for failed: the chosen
+backend, the camera and broker of --config, the bundle; things not asked for are reported, never fatal.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from edge.config import Config, ModelConfig, MqttConfig, load_config
 from edge.contract import THRESHOLD, ModelOutputs
 from edge.errors import InspectdError
 from edge.log import configure
+from edge.sources import SoftwareTriggered
 
 Status = Literal["ok", "fail", "warn", "info", "skip"]
 MAX_MAP_DIFF = 0.05  # on the normalised scale (1.0 = image threshold): FP16/INT8 engines differ a little
@@ -69,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         items.append(Item("camera", "skip", "no --config given"))
         items.append(Item("broker", "skip", "no --config given"))
     else:
+        if config.source.kind == "genicam":
+            items += genicam_items(config)
         items.append(camera_item(config, args.config.parent, args.timeout))
         items.append(broker_item(config.mqtt, args.timeout))
     bundle_dir = args.bundle or (config.model.bundle if config else None)
@@ -161,11 +165,17 @@ def camera_item(config: Config, base_dir: Path, timeout: float) -> Item:
         return Item("camera", "fail", f"{where}: {exc}")
     try:
         deadline = time.monotonic() + timeout
+        software = source if isinstance(source, SoftwareTriggered) and config.source.trigger == "software" else None
         while (left := deadline - time.monotonic()) > 0:
-            frame = source.read(left)
+            if software is not None:  # a software-triggered camera sends nothing until told to
+                frame = software.fire() or software.exposure(left)
+            else:
+                frame = source.read(left)
             if frame is not None and frame.image is not None:
                 h, w = frame.image.shape[:2]
-                return Item("camera", "ok", f"{where}: got a {w}x{h} frame")
+                settings = getattr(source, "settings", None)  # GenICam: what the camera read back
+                shown = "; " + ", ".join(f"{k}={v}" for k, v in settings.items()) if settings else ""
+                return Item("camera", "ok", f"{where}: got a {w}x{h} frame{shown}")
             if frame is not None:
                 return Item("camera", "fail", f"{where}: {frame.error}")
             if source.finished:
@@ -173,6 +183,28 @@ def camera_item(config: Config, base_dir: Path, timeout: float) -> Item:
         return Item("camera", "fail", f"{where}: no frame within {timeout:g} s")
     finally:
         source.close()
+
+
+def genicam_items(config: Config) -> list[Item]:
+    """Every camera the configured GenICam driver finds: model, serial, address and pixel formats."""
+    from edge.sources.genicam import camera_formats, load_driver
+
+    driver_name = config.source.driver
+    try:
+        driver = load_driver(config.source)
+        cameras = driver.discover()
+    except InspectdError as exc:
+        return [Item("GenICam driver", "fail", str(exc))]
+    if not cameras:
+        return [Item("GenICam cameras", "warn", f"none found by {driver_name} (network, cabling, permissions?)")]
+    items = []
+    for i, info in enumerate(cameras):
+        formats = camera_formats(driver, info)
+        shown = ", ".join(formats) if isinstance(formats, list) else formats
+        status: Status = "info" if isinstance(formats, list) else "warn"
+        detail = f"{info.describe()}, id {info.device_id}, {info.protocol or driver_name}: pixel formats {shown}"
+        items.append(Item(f"GenICam camera {i}", status, detail))
+    return items
 
 
 def broker_item(mqtt_cfg: MqttConfig, timeout: float) -> Item:

@@ -84,8 +84,7 @@ class TestFakeGigE:
     """Aravis + arv-fake-gv-camera-0.8 over real GVCP/GVSP on loopback."""
 
     def test_lost_packets_counted(self, tmp_path: Path) -> None:
-        """With the camera dropping GVSP packets, incomplete buffers are counted as frames_dropped_camera, and the
-        frames that do arrive are whole."""
+        """With the camera dropping GVSP packets, incomplete buffers count as frames_dropped_camera; frames are whole."""
         camera = FakeGigECamera(tmp_path, lost_per_thousand=5)  # ~1 in 200 packets: most 512x512 frames hit
         camera.start()
         stats = PipelineStats()

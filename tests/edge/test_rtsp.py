@@ -22,8 +22,9 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 
 
 def test_stream_outage_and_resume(bundle: Bundle, broker: Broker, mqtt_collector: Any, tmp_path: Path) -> None:
-    """Test-pattern stream -> verdicts; the server killed and started again -> one outage error verdict, reconnect,
-    and the stream resumes.
+    """Test-pattern stream -> verdicts; the server killed and started again -> one outage error verdict, then resume.
+
+    The reconnect is the daemon's own backoff; the stream resumes on the same URL.
     """
     server = RtspServer(tmp_path)
     server.start()

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 _BUFFER = 2  # frames kept for a slow reader; older ones are dropped (and counted) as a live camera does
+_CLOSE_WAIT_S = 5.0  # longest close() waits for readers to leave OpenCV
 
 
 def redact(uri: str) -> str:
@@ -216,7 +217,7 @@ class LiveSource:
 
         A reader still inside a capture call when the interpreter exits aborts the process when the call returns
         (cv2 retakes the GIL inside a C++ frame: "FATAL: exception not rethrown", SIGABRT after a clean stop). A
-        reader stuck beyond the timeout is left behind.
+        reader stuck longer than that (at most _CLOSE_WAIT_S) is left behind.
         """
         self._closed.set()
         self.finished = True
@@ -224,7 +225,7 @@ class LiveSource:
             self._gen += 1
             self._cond.notify_all()
             readers = list(self._readers)
-        deadline = time.monotonic() + self._config.stall_timeout_s + 1.0
+        deadline = time.monotonic() + min(self._config.stall_timeout_s + 1.0, _CLOSE_WAIT_S)
         for thread in readers:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))

@@ -302,8 +302,8 @@ class TestPipelineTriggered:
         finally:
             pipeline.stop()
             pipeline.join(10)
-            pipeline.source.close()
-            release.set()  # after close: the reader exits without reporting an outage
+            threading.Timer(0.2, release.set).start()  # once closed: the reader exits without reporting an outage
+            pipeline.source.close()  # (close waits for the reader to leave its read)
         (verdict,) = (i.verdict for i in sink.items)
         assert (verdict.part_id, verdict.outcome, verdict.seq) == ("P1", "error", 0)
         assert "no frame from camera cam0 within 0.3 s of the trigger" in (verdict.error or "")

@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -75,17 +76,54 @@ def _discovery_answered(timeout: float) -> bool:
     return len(data) >= 8 and struct.unpack(">H", data[2:4])[0] == 0x0003  # DISCOVERY_ACK
 
 
-class FakeGigECamera:
+class _Child:
+    """A simulator process: started, waited on until it answers, killed by PID (as a camera losing power)."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def _spawn(self, cmd: list[str], ready: Callable[[], bool], what: str, timeout: float,
+               exit_reasons: dict[int, str] | None = None) -> None:
+        """Start `cmd` (output to the log) and return once `ready()`; fail (or skip, per exit code) otherwise."""
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self._proc.poll()
+            if code is not None and exit_reasons and code in exit_reasons:
+                pytest.skip(f"{exit_reasons[code]}: {self.log_path.read_text()[-300:]}")
+            if code is not None:
+                pytest.fail(f"{what} exited with {code}: {self.log_path.read_text()[-2000:]}")
+            if ready():
+                return
+            time.sleep(0.05)
+        self.stop()
+        pytest.fail(f"{what} was not ready within {timeout:g} s")
+
+    def stop(self) -> None:
+        """Kill the process (SIGKILL: a camera losing power says nothing either)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(timeout=5)
+        self._proc = None
+
+
+class FakeGigECamera(_Child):
     """arv-fake-gv-camera-0.8 on loopback; `stop()` / `start()` unplug and plug it back (same serial number)."""
 
     address = GVCP[0]
 
     def __init__(self, workdir: Path, serial: str = "INSPECTD1", lost_per_thousand: int = 0) -> None:
         require_aravis()
+        super().__init__(workdir / f"fake-gige-{serial}.log")
         self.serial = serial
         self.lost_per_thousand = lost_per_thousand  # GVSP packets the camera "loses" on purpose
-        self.log_path = workdir / f"fake-gige-{serial}.log"
-        self._proc: subprocess.Popen[bytes] | None = None
         self._lock: IO[str] | None = None
 
     def lock(self) -> None:
@@ -103,28 +141,12 @@ class FakeGigECamera:
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the camera and return once it answers GVCP discovery."""
-        if self._proc is not None and self._proc.poll() is None:
+        if self.running:
             return
         if self._lock is None:
             self.lock()
-        with self.log_path.open("ab") as log:
-            cmd = [ARV_FAKE, "-i", "lo", "-s", self.serial, "-r", str(self.lost_per_thousand)]
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                pytest.fail(f"{ARV_FAKE} exited with {self._proc.returncode}: {self.log_path.read_text()}")
-            if _discovery_answered(0.2):
-                return
-        self.stop()
-        pytest.fail(f"{ARV_FAKE} did not answer GVCP discovery within {timeout:g} s")
-
-    def stop(self) -> None:
-        """Kill the camera (SIGKILL: a camera losing power says nothing either)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(timeout=5)
-        self._proc = None
+        cmd = [ARV_FAKE, "-i", "lo", "-s", self.serial, "-r", str(self.lost_per_thousand)]
+        self._spawn(cmd, lambda: _discovery_answered(0.2), f"{ARV_FAKE} (GVCP discovery)", timeout)
 
     def close(self) -> None:
         """Stop and give the turn to the next session."""
@@ -142,38 +164,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RtspServer:
+class RtspServer(_Child):
     """GStreamer's RTSP server on 127.0.0.1:`port`, mount /test: a live 10 fps test pattern as RTP/JPEG."""
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
+        super().__init__(workdir / "rtsp-server.log")
         self.port = port or free_port()
         self.url = f"rtsp://127.0.0.1:{self.port}/test"
-        self.log_path = workdir / "rtsp-server.log"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> None:
         """Start the server and return once it accepts TCP connections (skip if GStreamer's server is missing)."""
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen([sys.executable, str(HERE / "rtsp_server.py"), str(self.port)],
-                                          stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            code = self._proc.poll()
-            if code == 3:
-                pytest.skip(f"GStreamer RTSP server not available: {self.log_path.read_text()[-300:]}")
-            if code is not None:
-                pytest.fail(f"rtsp_server.py exited with {code}: {self.log_path.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        pytest.fail(f"RTSP server did not listen on {self.port} within {timeout:g} s")
+        cmd = [sys.executable, str(HERE / "rtsp_server.py"), str(self.port)]
+        missing = {3: "GStreamer RTSP server not available"}
+        self._spawn(cmd, self._listening, "tests/rtsp_server.py", timeout, missing)
 
-    def stop(self) -> None:
-        """Kill the server (the stream drops as when an IP camera loses power)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(timeout=5)
-        self._proc = None
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False

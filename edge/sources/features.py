@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal, NoReturn, Protocol
 
 from edge.errors import CameraConfigError, SourceError
@@ -92,9 +91,18 @@ class Writer:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         self.refuse(key, f"the camera has no feature {name!r}{hint}")
 
-    def first(self, names: Iterable[str]) -> str | None:
-        """The first of `names` the camera implements (SFNC name first, then the older GigE '...Abs' names)."""
-        return next((n for n in names if self.nodes.kind(n) is not None), None)
+    def write_first(self, key: str, names: tuple[str, ...], value: Value, missing: str = "") -> None:
+        """Write the first of `names` the camera has: the SFNC name, then older GigE names (`...Abs`).
+
+        Raises:
+            CameraConfigError: the camera has none of them (`missing` says why, else the first name is reported).
+        """
+        name = next((n for n in names if self.nodes.kind(n) is not None), None)
+        if name is None:
+            if missing:
+                self.refuse(key, missing)
+            self.absent(key, names[0])
+        self.write(key, name, value)
 
     def write(self, key: str, name: str, value: Value) -> None:
         """Check `value` against the node's kind and range, then write it.
@@ -194,23 +202,14 @@ def apply_settings(nodes: NodeMap, config: SourceConfig, camera: str) -> dict[st
     if config.frame_rate is not None:
         for enable in ("AcquisitionFrameRateEnable", "AcquisitionFrameRateEnabled"):
             w.ensure("source.frame_rate", enable, True)
-        rate = w.first(("AcquisitionFrameRate", "AcquisitionFrameRateAbs"))
-        if rate is None:
-            w.absent("source.frame_rate", "AcquisitionFrameRate")
-        w.write("source.frame_rate", rate, config.frame_rate)
+        w.write_first("source.frame_rate", ("AcquisitionFrameRate", "AcquisitionFrameRateAbs"), config.frame_rate)
     if config.exposure_us is not None:
         w.ensure("source.exposure_us", "ExposureAuto", "Off")
-        exposure = w.first(("ExposureTime", "ExposureTimeAbs"))
-        if exposure is None:
-            w.absent("source.exposure_us", "ExposureTime")
-        w.write("source.exposure_us", exposure, config.exposure_us)
+        w.write_first("source.exposure_us", ("ExposureTime", "ExposureTimeAbs"), config.exposure_us)
     if config.gain_db is not None:
         w.ensure("source.gain_db", "GainAuto", "Off")
-        gain = w.first(("Gain", "GainAbs"))
-        if gain is None:
-            raw = " (it has GainRaw, in raw units, not dB: set features.GainRaw)" if nodes.kind("GainRaw") else ""
-            w.refuse("source.gain_db", f"the camera has no Gain in dB{raw}")
-        w.write("source.gain_db", gain, config.gain_db)
+        raw = " (it has GainRaw, in raw units, not dB: set features.GainRaw)" if nodes.kind("GainRaw") else ""
+        w.write_first("source.gain_db", ("Gain", "GainAbs"), config.gain_db, f"the camera has no Gain in dB{raw}")
     for name, value in config.features.items():
         w.write(f"source.features.{name}", name, value)
     return {name: nodes.get(name) for name in w.written}

@@ -113,7 +113,7 @@ class _Incomplete(Callback):
     def __init__(self) -> None:
         self.count = 0
 
-    def emit(self, context: object = None) -> None:  # noqa: D102
+    def emit(self, context: object = None) -> None:
         self.count += 1
 
 

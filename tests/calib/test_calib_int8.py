@@ -109,6 +109,11 @@ class TestMakeFlavours:
         assert "accuracy gate failed" in results[0].reason and "image_auroc" in results[0].reason
         assert not (bundle_dir / "model_int8_cpu.onnx").exists()
 
+    def test_gate_boundary(self):
+        """Exactly 0.5 points passes even when the float difference of two AUROCs is a hair above it."""
+        assert int8.within_gate({"image_auroc": 100 * (0.9633333333333334 - 0.9683333333333334), "pixel_auroc": 0.1})
+        assert not int8.within_gate({"image_auroc": -0.51})
+
     def test_no_evaluation_set(self, bundle_dir, good):
         """Without labelled evaluation images no flavour is written, and the reason says what to pass."""
         (bundle_dir / "model_int8_trt.onnx").write_bytes(b"stale")

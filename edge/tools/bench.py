@@ -11,8 +11,9 @@ One run, one bundle, three measurements on the same frames:
 For each: throughput, end-to-end latency p50/p95/p99, CPU use (process CPU seconds / wall seconds, so 2.0 = two
 cores busy), RSS at start and end, and peak RSS (`ru_maxrss`, which only grows). The ratios daemon/bare and
 daemon/naive are the headline, with the precision the backend chose; bare CPU per frame / the daemon's steady-state
-CPU per frame predicts daemon/bare on dedicated cores where the wall-clock ratios on a shared box cannot. `--soak-s S` also runs the daemon on a looping folder for S seconds and samples RSS,
-to show memory stays flat. Timings are reported, never asserted (tests only check the shape of the output).
+CPU per frame predicts daemon/bare on dedicated cores where the wall-clock ratios on a shared box cannot.
+`--soak-s S` also runs the daemon on a looping folder for S seconds and samples RSS, to show memory stays flat.
+Timings are reported, never asserted (tests only check the shape of the output).
 """
 
 from __future__ import annotations

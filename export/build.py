@@ -26,6 +26,7 @@ from edge.errors import InspectdError
 from edge.log import get_logger
 from export.graph import ExportWrapper, PostProcess, export_onnx
 from export.parity import ParityReport, check_parity, parity_images
+from export.trt_rules import check_trt_graph
 
 log = get_logger(__name__)
 
@@ -86,6 +87,11 @@ def export_bundle(
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp:
         staged = Path(tmp) / "model.onnx"
         export_onnx(wrapper, staged, height, width, opset)
+        problems = check_trt_graph(staged)
+        if problems:
+            msg = ("the exported graph breaks TensorRT's ONNX-parser rules, bundle not written: "
+                   + "; ".join(problems))
+            raise ExportError(msg)
         report = check_parity(wrapper, staged, images, source)
         log.info("export_parity", ok=report.ok, **report.__dict__)
         if not report.ok:

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from edge.contract import INPUT_NAME, OPSET, OUTPUT_NAMES, THRESHOLD_INITIALIZERS
+from edge.contract import INPUT_NAME, OPSET, OUTPUT_NAMES, THRESHOLD_INITIALIZERS, output_contracts
+
+if TYPE_CHECKING:
+    import onnx
 
 
 class PostProcess(nn.Module):
@@ -47,7 +51,10 @@ def normalise(
     scale = image - offset
     score_n = (score - offset) / scale
     map_n = (anomaly_map - offset) / scale
-    mask = (map_n >= (pixel - offset) / scale).to(torch.uint8)
+    # Where -> float -> Cast to uint8: TensorRT converts to UINT8 only from FLOAT/HALF (export/trt_rules.py); two
+    # Casts bool -> float -> uint8 would be fused back into Cast(BOOL -> UINT8) by ONNX Runtime's optimiser, which
+    # the INT8 Q/DQ graphs go through.
+    mask = torch.where(map_n >= (pixel - offset) / scale, 1.0, 0.0).to(torch.uint8)
     return score_n, map_n, mask
 
 
@@ -72,7 +79,8 @@ class ExportWrapper(nn.Module):
         self, image: torch.Tensor, offset: torch.Tensor, image_threshold: torch.Tensor, pixel_threshold: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`forward` with the thresholds passed in rather than read from `post`."""
-        x = image.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        # Cast first: TensorRT lets a UINT8 network input feed only a Cast, not a Transpose (export/trt_rules.py)
+        x = image.to(torch.float32).permute(0, 3, 1, 2) / 255.0
         if self.color_order == "BGR":
             x = x[:, [2, 1, 0]]
         score, anomaly_map = self.detector(x)
@@ -118,7 +126,7 @@ def export_onnx(wrapper: ExportWrapper, path: Path, height: int, width: int, ops
         # tracer warnings (shape-dependent Python branches) are checked for real by the parity run at batch 3 and 1.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _ThresholdInputs(wrapper),
+            _ThresholdInputs(wrapper).eval(),  # export restores this mode on every submodule afterwards
             example,
             str(path),
             input_names=[INPUT_NAME, *names],
@@ -136,7 +144,34 @@ def export_onnx(wrapper: ExportWrapper, path: Path, height: int, width: int, ops
         raise RuntimeError(msg)
     del graph.input[:]
     graph.input.extend(kept)
+    _declare_output_shapes(graph, wrapper, example[0])
     for key, name in zip(values, names, strict=False):
         graph.initializer.append(numpy_helper.from_array(values[key].detach().numpy().astype("float32"), name))
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
+
+
+def _declare_output_shapes(graph: onnx.GraphProto, wrapper: ExportWrapper, image: torch.Tensor) -> None:
+    """Declare the outputs' real shapes, only the batch symbolic.
+
+    The tracer leaves the map's H and W symbolic when the detector resizes to the input's size (it even names dim 2
+    "batch"); TensorRT's rules (export/trt_rules.py) and the backends' I/O checks read these declarations. The
+    shapes come from running the wrapper on the export example, so a detector whose map is not (B, 1, H, W) is
+    refused here rather than at the first frame.
+    """
+    from onnx import helper
+
+    with torch.no_grad():
+        outputs = wrapper(image)
+    h, w = image.shape[1:3]
+    want = {c.name: c.shape for c in output_contracts(h, w)}
+    declared = []
+    for info, tensor in zip(graph.output, outputs, strict=True):
+        tail = tuple(tensor.shape[1:])
+        if tail != want[info.name] or tensor.shape[0] != image.shape[0]:
+            msg = (f"the detector's {info.name} has shape {list(tensor.shape)} for a batch of {image.shape[0]} "
+                   f"{h}x{w} images, expected {[image.shape[0], *want[info.name]]}")
+            raise RuntimeError(msg)
+        declared.append(helper.make_tensor_value_info(info.name, info.type.tensor_type.elem_type, ["batch", *tail]))
+    del graph.output[:]
+    graph.output.extend(declared)

@@ -1,12 +1,16 @@
-"""A tiny but real model bundle for daemon, backend, viewer and bench tests (no torch needed).
+"""A tiny but real model bundle for daemon, backend, viewer and bench tests.
 
-The ONNX graph keeps the bundle contract (edge/bundle.py) with a rule a test can predict: the anomaly map is the grey
-level / 255 / threshold, so bright pixels are "defects". A dark frame passes; a frame with a white blob fails with
-a region where the blob is.
+The ONNX graph is made by the same code as every real bundle (export/graph.py: the uint8 input cast first, the
+detector, the PostProcess thresholds, the mask through float), so what the daemon and backend tests run is what
+`inspectd export` writes, and TensorRT's parser rules are checked on it (export/trt_rules.py). Only the detector is
+tiny, with a rule a test can predict: the anomaly map is the grey level / 255 / threshold, so bright pixels are
+"defects". A dark frame passes; a frame with a white blob fails with a region where the blob is.
 """
 
 from __future__ import annotations
 
+import functools
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,41 +18,41 @@ from typing import Any
 import cv2
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+import torch
+from onnx import numpy_helper
+from torch import nn
 
 from edge.bundle import SCHEMA_VERSION, Bundle, BundleMeta, InputSpec, Thresholds, write_bundle
 from edge.config import Config
-from edge.contract import INPUT_NAME, OPSET, THRESHOLD_INITIALIZERS
+from edge.contract import OPSET, THRESHOLD_INITIALIZERS
+from export.graph import ExportWrapper, PostProcess, export_onnx
+from export.trt_rules import check_trt_graph
+
+
+class Brightness(nn.Module):
+    """The tiny detector: raw map = mean of the RGB channels in [0, 1], score = the map's maximum."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score (B,), anomaly_map (B, 1, H, W)), raw."""
+        amap = x.mean(dim=1, keepdim=True)
+        return amap.amax(dim=(1, 2, 3)), amap
+
+
+@functools.cache
+def _tiny_onnx(height: int, width: int, threshold: float) -> bytes:
+    """The exported graph's bytes (exported once per size and threshold per test process)."""
+    wrapper = ExportWrapper(Brightness(), PostProcess(0.0, threshold, threshold))
+    with tempfile.TemporaryDirectory(prefix="tiny-bundle-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(wrapper, path, height, width)
+        problems = check_trt_graph(path)
+        assert not problems, problems
+        return path.read_bytes()
 
 
 def tiny_graph(height: int, width: int, threshold: float) -> onnx.ModelProto:
     """uint8 NHWC image -> score (B,), anomaly_map (B,1,H,W) float32, mask (B,1,H,W) uint8."""
-    scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [1.0 / (255.0 * threshold)])
-    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
-    nodes = [
-        helper.make_node("Cast", [INPUT_NAME], ["f"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMean", ["f"], ["grey"], axes=[3], keepdims=1),
-        helper.make_node("Transpose", ["grey"], ["nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Mul", ["nchw", "scale"], ["anomaly_map"]),
-        helper.make_node("ReduceMax", ["anomaly_map"], ["score"], axes=[1, 2, 3], keepdims=0),
-        helper.make_node("GreaterOrEqual", ["anomaly_map", "one"], ["hit"]),
-        helper.make_node("Cast", ["hit"], ["mask"], to=TensorProto.UINT8),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["batch", height, width, 3])],
-        [
-            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
-            helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", 1, height, width]),
-            helper.make_tensor_value_info("mask", TensorProto.UINT8, ["batch", 1, height, width]),
-        ],
-        initializer=[scale, one],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return onnx.load_from_string(_tiny_onnx(height, width, float(threshold)))
 
 
 def make_tiny_bundle(
@@ -57,7 +61,7 @@ def make_tiny_bundle(
     """Write a calibrated tiny bundle into `out` (created) and return it, hashes and all."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    onnx.save(tiny_graph(height, width, threshold), out / "model.onnx")
+    (out / "model.onnx").write_bytes(_tiny_onnx(height, width, float(threshold)))
     meta = BundleMeta(
         schema_version=SCHEMA_VERSION,
         name=name,

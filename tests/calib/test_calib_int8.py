@@ -12,6 +12,7 @@ from edge.bundle import Thresholds
 from edge.evaluation.dataset import list_images, read_image
 from export.build import export_bundle
 from export.runtime import run_model
+from export.trt_rules import check_trt_graph
 from tests.bundles import read_thresholds
 from tests.export.tinydet import SIZE, TinyDetector, make_category, tiny_meta
 
@@ -63,7 +64,8 @@ class TestQuantisedGraphs:
             fp32 = onnx.load(str(bundle_dir / "model.onnx")).graph  # a Q/DQ pair sits on a learned node's tensor
             learned = {t for n in fp32.node if block_of(n.name) == "/detector/mix" for t in (*n.input, *n.output)}
             assert quantised and quantised <= learned
-            assert {n.op_type for n in graph.node if "image" in n.input} == {"Transpose"}
+            assert {n.op_type for n in graph.node if "image" in n.input} == {"Cast"}
+        assert check_trt_graph(trt) == []  # the Q/DQ graph TensorRT parses keeps its rules (symmetric, uint8 at the edge)
         entry = results["cpu"].entry
         assert entry is not None and entry.calibration.startswith("MinMax") and entry.measured_on
         assert [p.nodes for p in entry.fp32][-1].startswith("input cast") and all(p.reason for p in entry.fp32)

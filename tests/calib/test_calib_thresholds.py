@@ -121,8 +121,13 @@ class TestWriteThresholds:
 
     def test_foreign_graph_refused(self, tmp_path):
         """A graph without the named initializers (not made by inspectd export) is refused."""
-        from tests.bundles import make_tiny_bundle
+        import onnx
+        from onnx import TensorProto, helper
 
-        bundle = make_tiny_bundle(tmp_path / "b")
+        image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 4, 4, 3])
+        score = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 4, 4, 3])
+        cast = helper.make_node("Cast", ["image"], ["score"], to=TensorProto.FLOAT)
+        path = tmp_path / "foreign.onnx"
+        onnx.save(helper.make_model(helper.make_graph([cast], "foreign", [image], [score])), path)
         with pytest.raises(CalibrationError, match="inspectd export"):
-            write_thresholds(bundle.onnx_path, Thresholds(image=1.0, pixel=1.0, method="x"))
+            write_thresholds(path, Thresholds(image=1.0, pixel=1.0, method="x"))

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge.backends import cuda_mem as cm
-from edge.backends.trt import import_tensorrt, make_trt_logger, version_key
+from edge.backends.trt import NP_DTYPES, enum_name, import_tensorrt, make_trt_logger, version_key
 from edge.bundle import BundleMeta, EngineInfo, load_bundle, write_bundle
 from edge.contract import INPUT_NAME, check_io
 from edge.errors import BackendError, BundleError, MissingExtraError
@@ -104,21 +106,54 @@ def engine_info(precision: str, trt_version: str, gpu: cm.DeviceInfo, shapes: Sh
     )
 
 
-def check_network_inputs(inputs: list[tuple[str, tuple[int, ...]]], meta: BundleMeta, max_batch: int) -> None:
-    """The parsed graph's inputs must be the one NHWC `image` of bundle.json's size, batch dynamic if max_batch > 1."""
+@dataclass(frozen=True)
+class NetworkTensor:
+    """One input or output of the parsed network, as TensorRT reports it."""
+
+    name: str
+    dtype: str  # TensorRT DataType name: FLOAT, HALF, UINT8, ...
+    shape: tuple[int, ...]  # -1 for a dynamic dimension
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.dtype} {list(self.shape)}"
+
+
+def network_tensors(network: Any) -> tuple[list[NetworkTensor], list[NetworkTensor]]:
+    """(inputs, outputs) of a parsed INetworkDefinition."""
+    def describe(t: Any) -> NetworkTensor:
+        return NetworkTensor(t.name, enum_name(t.dtype), tuple(int(d) for d in t.shape))
+
+    return ([describe(network.get_input(i)) for i in range(network.num_inputs)],
+            [describe(network.get_output(i)) for i in range(network.num_outputs)])
+
+
+def check_network(inputs: list[NetworkTensor], outputs: list[NetworkTensor], meta: BundleMeta, max_batch: int) -> str:
+    """Refuse a parsed network that is not the bundle contract, before minutes of building; return its I/O line.
+
+    The one input and every output by name, dtype and shape (edge/contract.py; float outputs may be HALF in an
+    FP16 graph), and the batch dynamic if max_batch > 1. A parse can "succeed" with outputs missing: a UINT8 input
+    feeding anything but a Cast leaves a network with no outputs (NVIDIA/TensorRT#3985).
+    """
     spec = meta.input
-    found = {name: (None, shape) for name, shape in inputs}  # names and shapes only: the dtype is not checked here
-    problem = check_io(found, spec.height, spec.width, outputs=False) or (
+    if not outputs:
+        msg = ("TensorRT parsed the graph into a network with no outputs: the uint8 image must feed a Cast first "
+               "(NVIDIA/TensorRT#3985); re-export the bundle with this inspectd, whose graphs keep TensorRT's rules")
+        raise BundleError(msg)
+    found = {t.name: (np.dtype(NP_DTYPES[t.dtype]) if t.dtype in NP_DTYPES else t.dtype, t.shape)
+             for t in [*inputs, *outputs]}
+    problem = check_io(found, spec.height, spec.width, half_floats=True) or (
         None if len(inputs) == 1 else f"{len(inputs)} inputs"
     )
     if problem:
-        msg = (f"the graph's inputs are {inputs}, expected one {INPUT_NAME!r} of shape "
-               f"[batch, {spec.height}, {spec.width}, 3] as bundle.json says ({problem}); re-export the bundle")
+        msg = (f"TensorRT's network is not the bundle contract at {spec.width}x{spec.height}: {problem} (inputs "
+               f"{[str(t) for t in inputs]}, outputs {[str(t) for t in outputs]}); re-export the bundle")
         raise BundleError(msg)
-    shape = found[INPUT_NAME][1]
-    if shape[0] >= 0 and shape[0] != max_batch:
-        msg = f"the graph's batch is fixed at {shape[0]}; export with a dynamic batch to build max batch {max_batch}"
+    image = next(t for t in inputs if t.name == INPUT_NAME)
+    if image.shape[0] >= 0 and image.shape[0] != max_batch:
+        msg = (f"the graph's batch is fixed at {image.shape[0]}; export with a dynamic batch to build max batch "
+               f"{max_batch}")
         raise BundleError(msg)
+    return f"{image} -> {', '.join(str(t) for t in outputs)}"
 
 
 def default_timing_cache(trt_version: str, gpu: cm.DeviceInfo) -> Path:
@@ -154,6 +189,23 @@ def make_fp16_graph(bundle_dir: Path) -> Path:
     return out
 
 
+def check_rules(onnx_path: Path) -> None:
+    """TensorRT's parser rules on the graph about to be parsed (export/trt_rules.py), where onnx is installed.
+
+    A graph that breaks them may parse into a network with outputs missing; this names the node instead. Without
+    onnx (it comes with the train extra) the network check after parsing still catches the result.
+    """
+    try:
+        from export.trt_rules import check_trt_graph
+    except ImportError as exc:
+        log.info("tensorrt_rules_not_checked", graph=onnx_path.name, reason=str(exc))
+        return
+    problems = check_trt_graph(onnx_path)
+    if problems:
+        msg = f"{onnx_path.name} breaks TensorRT's ONNX-parser rules: {'; '.join(problems)}; re-export the bundle"
+        raise BundleError(msg)
+
+
 def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed: bool) -> tuple[Any, Any]:
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     network = builder.create_network(1 << int(flag) if strongly_typed and flag is not None else 0)
@@ -187,6 +239,7 @@ def build_engine(bundle_dir: Path, *, precision: str = "fp16", max_batch: int = 
                       has_strongly_typed=hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"))
     if plan.make_fp16_graph:
         make_fp16_graph(bundle_dir)
+    check_rules(bundle_dir / plan.onnx_file)
     log.info("engine_build_started", bundle=str(bundle_dir), precision=precision, graph=plan.onnx_file, why=plan.why,
              tensorrt=trt.__version__, gpu=gpu.name, compute_capability=gpu.compute_capability,
              batch_profile=[s[0] for s in shapes])
@@ -199,8 +252,8 @@ def build_engine(bundle_dir: Path, *, precision: str = "fp16", max_batch: int = 
         msg = f"TensorRT cannot create a builder on {gpu.name}: {logger.last_error or 'CUDA initialisation failed'}"
         raise BackendError(msg)
     network, _parser = _parse(trt, builder, logger, bundle_dir / plan.onnx_file, plan.strongly_typed)
-    inputs = [(t.name, tuple(t.shape)) for t in (network.get_input(i) for i in range(network.num_inputs))]
-    check_network_inputs(inputs, meta, max_batch)
+    io = check_network(*network_tensors(network), meta, max_batch)
+    log.info("engine_network_parsed", graph=plan.onnx_file, io=io)
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)

@@ -25,7 +25,7 @@ from edge.log import get_logger
 
 log = get_logger(__name__)
 REBUILD = "rebuild it on this box with `inspectd export --engine`"
-_NP_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
+NP_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
               "BOOL": np.bool_, "UINT8": np.uint8}
 
 
@@ -55,7 +55,7 @@ def check_engine_info(bundle: Bundle, trt_version: str, gpu: cm.DeviceInfo | Non
     return info.file
 
 
-def _enum_name(value: Any) -> str:
+def enum_name(value: Any) -> str:
     """TensorRT enum member -> 'INPUT' / 'UINT8' (pybind11 `.name`, or the tail of `str()`)."""
     return str(getattr(value, "name", None) or str(value).rsplit(".", 1)[-1])
 
@@ -93,10 +93,10 @@ def plan_buffers(engine: Any, max_batch: int, profile: int = 0) -> list[TensorSp
     specs = []
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
-        is_input = _enum_name(engine.get_tensor_mode(name)) == "INPUT"
-        dtype_name = _enum_name(engine.get_tensor_dtype(name))
-        if dtype_name not in _NP_DTYPES:
-            msg = f"engine tensor {name!r} has dtype {dtype_name}, expected one of {sorted(_NP_DTYPES)}; {REBUILD}"
+        is_input = enum_name(engine.get_tensor_mode(name)) == "INPUT"
+        dtype_name = enum_name(engine.get_tensor_dtype(name))
+        if dtype_name not in NP_DTYPES:
+            msg = f"engine tensor {name!r} has dtype {dtype_name}, expected one of {sorted(NP_DTYPES)}; {REBUILD}"
             raise BundleError(msg)
         shape = [int(d) for d in engine.get_tensor_shape(name)]
         if is_input and any(d < 0 for d in shape[1:]):
@@ -104,7 +104,7 @@ def plan_buffers(engine: Any, max_batch: int, profile: int = 0) -> list[TensorSp
         if not shape or any(d < 0 for d in shape[1:]):
             msg = f"engine tensor {name!r} has shape {shape}: only the batch dimension may be dynamic; {REBUILD}"
             raise BundleError(msg)
-        specs.append(TensorSpec(name, is_input, np.dtype(_NP_DTYPES[dtype_name]), (max_batch, *shape[1:])))
+        specs.append(TensorSpec(name, is_input, np.dtype(NP_DTYPES[dtype_name]), (max_batch, *shape[1:])))
     return specs
 
 
@@ -170,7 +170,7 @@ def make_trt_logger(trt: Any) -> Any:
             self.last_error = ""
 
         def log(self, severity: Any, msg: str) -> None:
-            level = _enum_name(severity)
+            level = enum_name(severity)
             if level in {"ERROR", "INTERNAL_ERROR"}:
                 self.last_error = msg
                 log.error("tensorrt", message=msg)

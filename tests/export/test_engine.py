@@ -22,8 +22,10 @@ from edge.errors import BackendError, BundleError, MissingExtraError
 from export.engine import (
     ENGINE_FILE,
     FP16_GRAPH,
+    NetworkTensor,
     build_engine,
-    check_network_inputs,
+    check_network,
+    check_rules,
     default_timing_cache,
     engine_info,
     make_fp16_graph,
@@ -31,6 +33,7 @@ from export.engine import (
     profile_shapes,
     write_atomic,
 )
+from export.trt_rules import check_trt_graph
 from tests.bundles import blob_frame, make_tiny_bundle
 
 H, W = 32, 48
@@ -154,26 +157,75 @@ class TestEngineInfo:
             load_bundle(bundle.path)
 
 
-class TestCheckNetworkInputs:
-    """The parsed graph's inputs against bundle.json."""
+def io(*tensors: tuple[str, str, tuple[int, ...]]) -> list[NetworkTensor]:
+    return [NetworkTensor(*t) for t in tensors]
 
-    def test_dynamic_nhwc_image_passes(self, bundle):
-        """One input `image` [-1, H, W, 3] as bundle.json says."""
-        check_network_inputs([("image", (-1, H, W, 3))], bundle.meta, max_batch=4)
+
+IMAGE = ("image", "UINT8", (-1, H, W, 3))
+OUTPUTS = [("score", "FLOAT", (-1,)), ("anomaly_map", "FLOAT", (-1, 1, H, W)), ("mask", "UINT8", (-1, 1, H, W))]
+
+
+class TestCheckNetwork:
+    """The parsed network's inputs and outputs against bundle.json, before minutes of building."""
+
+    def test_contract_network_passes_and_is_described(self, bundle):
+        """One uint8 NHWC `image` in, score/map/mask out: accepted, and the I/O line the build logs says so."""
+        line = check_network(io(IMAGE), io(*OUTPUTS), bundle.meta, max_batch=4)
+        assert line == (f"image UINT8 [-1, {H}, {W}, 3] -> score FLOAT [-1], anomaly_map FLOAT [-1, 1, {H}, {W}], "
+                        f"mask UINT8 [-1, 1, {H}, {W}]")
+
+    def test_half_outputs_of_an_fp16_graph_pass(self, bundle):
+        """An FP16 graph may give HALF score and map."""
+        outputs = [("score", "HALF", (-1,)), ("anomaly_map", "HALF", (-1, 1, H, W)), OUTPUTS[2]]
+        assert "anomaly_map HALF" in check_network(io(IMAGE), io(*outputs), bundle.meta, max_batch=1)
 
     @pytest.mark.parametrize(
         ("inputs", "match"),
         [
-            ([("input", (-1, H, W, 3))], "expected one 'image'"),  # renamed input
-            ([("image", (-1, 3, H, W))], "expected one 'image'"),  # NCHW graph
-            ([("image", (-1, H, W, 3)), ("extra", (1,))], "expected one 'image'"),  # two inputs
-            ([("image", (1, H, W, 3))], "batch is fixed at 1"),  # static batch, max 4 asked
+            ([("input", "UINT8", (-1, H, W, 3))], "tensor 'image' is missing"),  # renamed input
+            ([("image", "UINT8", (-1, 3, H, W))], rf"'image' is uint8 \[3, {H}, {W}\], expected uint8 \[batch, {H}"),
+            ([("image", "FLOAT", (-1, H, W, 3))], "'image' is float32"),  # float input
+            ([IMAGE, ("extra", "FLOAT", (1,))], "2 inputs"),  # two inputs
+            ([("image", "UINT8", (1, H, W, 3))], "batch is fixed at 1"),  # static batch, max 4 asked
         ],
     )
     def test_other_inputs_are_refused(self, bundle, inputs, match):
-        """A graph whose input is not the bundle contract is refused before minutes of building."""
+        """A graph whose input is not the bundle contract is refused."""
         with pytest.raises(BundleError, match=match):
-            check_network_inputs(inputs, bundle.meta, max_batch=4)
+            check_network(io(*inputs), io(*OUTPUTS), bundle.meta, max_batch=4)
+
+    def test_network_without_outputs_names_the_cause(self, bundle):
+        """TensorRT#3985: a Transpose before the uint8 Cast parses into a network with no outputs."""
+        with pytest.raises(BundleError, match=r"no outputs: the uint8 image must feed a Cast first.*#3985"):
+            check_network(io(IMAGE), [], bundle.meta, max_batch=4)
+
+    @pytest.mark.parametrize(
+        ("outputs", "match"),
+        [
+            (OUTPUTS[:2], "tensor 'mask' is missing"),
+            ([OUTPUTS[0], OUTPUTS[1], ("mask", "BOOL", (-1, 1, H, W))], r"'mask' is bool .*expected uint8"),
+            ([("score", "FLOAT", (-1, 1)), *OUTPUTS[1:]], r"'score' is float32 \[1\], expected float32 \[batch\]"),
+            ([OUTPUTS[0], ("anomaly_map", "BF16", (-1, 1, H, W)), OUTPUTS[2]], "'anomaly_map' is BF16"),
+        ],
+    )
+    def test_outputs_must_be_the_contract(self, bundle, outputs, match):
+        """Outputs are checked by name, dtype and rank, and the message says what is wrong."""
+        with pytest.raises(BundleError, match=match):
+            check_network(io(IMAGE), io(*outputs), bundle.meta, max_batch=4)
+
+    def test_graph_breaking_the_rules_is_refused_before_parsing(self, tmp_path):
+        """check_rules names the node of a graph TensorRT would half-parse (onnx is installed here)."""
+        path = tmp_path / "old.onnx"
+        image = onnx.helper.make_tensor_value_info("image", onnx.TensorProto.UINT8, ["batch", H, W, 3])
+        out = onnx.helper.make_tensor_value_info("f", onnx.TensorProto.FLOAT, ["batch", 3, H, W])
+        nodes = [onnx.helper.make_node("Transpose", ["image"], ["t"], perm=[0, 3, 1, 2], name="permute"),
+                 onnx.helper.make_node("Cast", ["t"], ["f"], to=onnx.TensorProto.FLOAT)]
+        model = onnx.helper.make_model(onnx.helper.make_graph(nodes, "g", [image], [out]),
+                                       opset_imports=[onnx.helper.make_opsetid("", 17)])
+        onnx.save(model, path)
+        with pytest.raises(BundleError, match="old.onnx breaks TensorRT's ONNX-parser rules: Transpose node 'permute'"):
+            check_rules(path)
+        check_rules(make_tiny_bundle(tmp_path / "b", height=H, width=W).onnx_path)  # today's export keeps them
 
 
 class TestFiles:
@@ -203,6 +255,7 @@ class TestFp16Graph:
         assert outs == {"score": onnx.TensorProto.FLOAT, "anomaly_map": onnx.TensorProto.FLOAT,
                         "mask": onnx.TensorProto.UINT8}
         assert {i.data_type for i in model.graph.initializer} == {onnx.TensorProto.FLOAT16}
+        assert check_trt_graph(model) == []  # uint8 still only at the edges, through Casts from FLOAT16
         images = np.stack([blob_frame(H, W), blob_frame(H, W, (4, 4, 8, 8))])
         fp16 = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images})
         session = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])

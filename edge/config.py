@@ -61,7 +61,14 @@ class ModelConfig(Section):
     )
     slots: int = Field(2, ge=2, le=3, description="TensorRT: ring of pinned-memory slots in flight at once.")
     cuda_graphs: bool = Field(
-        True, description="TensorRT: capture copy+enqueue as CUDA graphs, falling back if capture fails."
+        True,
+        description="TensorRT: capture copy+enqueue as CUDA graphs at load (batches padded to max_batch), "
+        "falling back to plain enqueue if capture fails.",
+    )
+    cuda: Literal["cuda-python", "pycuda"] = Field(
+        "cuda-python",
+        description='TensorRT: CUDA library for memory, streams and graphs: "cuda-python" (NVIDIA\'s wheels) or '
+        '"pycuda" (compiled against the CUDA toolkit).',
     )
 
 

@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", action="store_true", help="also build a TensorRT engine (GPU box only)")
     parser.add_argument("--precision", choices=("fp16", "int8"), default="fp16", help="engine precision")
     parser.add_argument("--max-batch", type=_batch, default=1, help="largest batch in the engine's profile")
+    parser.add_argument("--cuda", choices=("cuda-python", "pycuda"), default="cuda-python",
+                        help="CUDA library that reads the GPU's facts for bundle.json (as model.cuda)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,7 +79,7 @@ def _engine(args: argparse.Namespace) -> int:
         msg = f"--engine needs TensorRT and a CUDA GPU, which this machine lacks ({exc}); run it on the GPU box"
         raise MissingExtraError(msg) from None
 
-    engine = build_engine(args.out, precision=args.precision, max_batch=args.max_batch)
+    engine = build_engine(args.out, precision=args.precision, max_batch=args.max_batch, cuda=args.cuda)
     info = load_bundle(args.out).meta.engine
     detail = (
         f" ({info.precision}, TensorRT {info.tensorrt_version}, {info.gpu_name} sm {info.compute_capability}, "

@@ -218,8 +218,10 @@ def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed:
 
 
 def build_engine(bundle_dir: Path, *, precision: str = "fp16", max_batch: int = 1, opt_batch: int | None = None,
-                 workspace_mb: int = 1024, timing_cache: Path | None = None) -> Path:
+                 workspace_mb: int = 1024, timing_cache: Path | None = None, cuda: str = cm.DEFAULT_LAYER) -> Path:
     """Build `model.engine` for this box's GPU from the bundle in `bundle_dir`; returns the engine's path.
+
+    `cuda` names the CUDA layer (model.cuda) that reads the GPU's name and compute capability for bundle.json.
 
     Raises:
         MissingExtraError: TensorRT is not installed (one line, no traceback from the CLI).
@@ -234,7 +236,7 @@ def build_engine(bundle_dir: Path, *, precision: str = "fp16", max_batch: int = 
     meta = bundle.meta
     shapes = profile_shapes(meta.input.height, meta.input.width, max_batch, opt_batch)
     trt = import_tensorrt("`inspectd export --engine`", MissingExtraError)  # run it on the GPU box
-    gpu = cm.device_info(0)
+    gpu = cm.load_layer(cuda).device_info(0)
     plan = plan_build(meta, precision, trt.__version__, has_fp16_flag=hasattr(trt.BuilderFlag, "FP16"),
                       has_strongly_typed=hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"))
     if plan.make_fp16_graph:

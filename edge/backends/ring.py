@@ -87,6 +87,11 @@ class Ring:
             self.closed = True
             self._cond.notify_all()
 
+    def wait_unfilled(self, timeout: float) -> bool:
+        """Wait until no slot is being filled (a stage writing into its buffer); False if one still is."""
+        with self._cond:
+            return self._cond.wait_for(lambda: FILLING not in self.states, timeout)
+
     def _expect(self, i: int, state: str, what: str) -> None:
         if self.states[i] != state:
             msg = f"{what} on slot {i} which is {self.states[i]}, expected {state}"
@@ -112,8 +117,11 @@ class Executor(Protocol):
         """Block until everything enqueued for the slot has finished."""
         ...
 
-    def close(self) -> None:
-        """Free everything; called once, after in-flight work finished."""
+    def close(self, free: bool = True) -> None:
+        """Free everything, never raising; called once, after in-flight work finished.
+
+        `free=False`: the device is lost; make no GPU call, only drop the references.
+        """
         ...
 
 
@@ -207,20 +215,33 @@ class RingBackend:
         finally:
             self.release(slot)
 
-    def close(self) -> None:
-        """Teardown: stop handing out slots, let in-flight work finish, then free contexts, engine, buffers."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Teardown, never raising: stop handing out slots, let in-flight work finish, then free.
+
+        Memory is freed only when no stage is writing into a slot any more (waiting up to `timeout` for one to
+        finish): freeing pinned memory under a writer is a use-after-free. After a device loss nothing is freed
+        on the GPU (no CUDA call can succeed on a lost context); the process exits next and the driver cleans up.
+        """
         if self._closed:
             return
         self._closed = True
         self.ring.close()
+        if not self.ring.wait_unfilled(timeout):
+            filling = [i for i, state in enumerate(self.ring.states) if state == FILLING]
+            log.error("backend_not_freed", backend=self.name, slots_being_filled=filling, timeout_s=timeout)
+            return
         for i, state in enumerate(self.ring.states):
             if state == IN_FLIGHT and self.fatal is None:
                 try:
                     self.executor.synchronize(i)
                 except BackendError:
                     log.warning("slot_drain_failed", slot=i)
-        self.executor.close()
-        log.info("backend_closed", backend=self.name)
+        try:
+            self.executor.close(free=self.fatal is None)
+        except Exception:  # noqa: BLE001 - a teardown bug must not skip the rest of the daemon's shutdown
+            log.exception("backend_close_failed", backend=self.name)
+            return
+        log.info("backend_closed", backend=self.name, freed=self.fatal is None)
 
     def _alive(self) -> None:
         if self.fatal is not None:
@@ -240,5 +261,5 @@ class RingBackend:
 
 
 def device_lost(exc: DeviceLostError) -> None:
-    """Log it; the daemon sees `backend.fatal`, drains the frames in flight as error verdicts and exits 1."""
+    """Log it; the daemon sees `backend.fatal`, drains the admitted frames as error verdicts, exits non-zero."""
     log.critical("cuda_device_lost", error=str(exc))

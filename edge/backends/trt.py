@@ -1,11 +1,14 @@
 """TensorRT backend: the bundle's prebuilt engine, a ring of pinned-memory slots, asynchronous CUDA streams.
 
-Read top to bottom in execution order: what the engine must be (version/GPU checks, buffer plan, contract), when
-a slot uses a CUDA graph, then the executor (edge/backends/ring.py's seam) and `load`. Each slot owns page-locked
+Read top to bottom in execution order: what the engine must be (version/GPU checks, buffer plan, contract), which
+batch a submission runs at, then the executor (edge/backends/ring.py's seam) and `load`. Each slot owns page-locked
 host buffers, device buffers, an execution context, a stream and an event: `submit` enqueues H2D copy,
-`execute_async_v3` and D2H copy and records the event without synchronising; `wait` blocks on that event only.
-The ring and the backend the pipeline drives (`RingBackend`) are GPU-free, so tests run them on numpy buffers.
-TensorRT 10/11 API only (named I/O tensors, `set_input_shape`, `set_tensor_address`, `execute_async_v3`).
+`execute_async_v3` and D2H copy (or replays them as one CUDA graph) and records the event without synchronising;
+`wait` blocks on that event only. All CUDA goes through the `model.cuda` layer (edge/backends/cuda_mem.py).
+Everything slow happens at load: per slot one plain run, then the capture, so no graph is ever captured on the
+inference thread. The ring and the backend the pipeline drives (`RingBackend`) are GPU-free, so tests run them on
+numpy buffers. TensorRT 10/11 API only (named I/O tensors, `set_input_shape`, `set_tensor_address`,
+`execute_async_v3`).
 """
 
 from __future__ import annotations
@@ -119,48 +122,30 @@ def check_contract(specs: list[TensorSpec], bundle: Bundle) -> None:
 
 def effective_max_batch(asked: int, profile: tuple[int, int, int]) -> int:
     """model.max_batch clamped to the engine profile's max (a bigger batch than the engine was built for fails)."""
-    lo, _, hi = profile
-    if asked < lo:
-        msg = f"model.max_batch = {asked} is below the engine profile's minimum batch {lo}; {REBUILD}"
-        raise BundleError(msg)
+    _, _, hi = profile
     if asked > hi:
         log.warning("max_batch_clamped", asked=asked, engine_max=hi, hint="rebuild with a larger max batch")
     return min(asked, hi)
 
 
-# 4. the TensorRT + CUDA executor -------------------------------------------------------------------------------------
-class GraphPolicy:
-    """When a slot replays a CUDA graph, captures one, or enqueues plainly (one graph per slot, for one batch size).
+# 2. which batch a submission runs at ------------------------------------------------------------------------------
+def buffer_rows(max_batch: int, profile: tuple[int, int, int]) -> int:
+    """Rows of every slot buffer: the largest batch submitted, or the engine's minimum batch if that is larger."""
+    return max(max_batch, profile[0])
 
-    A graph bakes in the context's shape-dependent state, so it is only valid while its context keeps that batch
-    size: a plain run of another size drops it. Capture happens on the second run of a size (the first, plain, run
-    sets the shape and warms the context up, as TensorRT asks); a failed capture is never retried for that size.
+
+def run_batch(n: int, *, rows: int, min_batch: int, fixed: bool) -> int:
+    """The batch TensorRT runs for a submission of `n` images (rows past `n` are padding).
+
+    `fixed` (CUDA graphs on, or an engine built for one batch): always `rows`. A graph bakes in the context's
+    shapes, so one graph per slot serves every batch only at one size: partial batches are padded to the max and
+    the graph is captured once at load instead of on the inference thread. An engine whose profile has min == max
+    only takes that batch. Otherwise the batch itself, at least the profile's minimum.
     """
-
-    def __init__(self, slots: int, enabled: bool) -> None:
-        self.enabled = enabled
-        self.graph_n: list[int | None] = [None] * slots
-        self.warm_n: list[int | None] = [None] * slots
-        self.failed: set[tuple[int, int]] = set()
-
-    def decide(self, slot: int, n: int) -> tuple[str, bool]:
-        """('graph' | 'capture' | 'plain', drop the slot's current graph)."""
-        if self.graph_n[slot] == n:
-            return "graph", False
-        drop, self.graph_n[slot] = self.graph_n[slot] is not None, None
-        if self.enabled and self.warm_n[slot] == n and (slot, n) not in self.failed:
-            return "capture", drop
-        return "plain", drop
-
-    def ran(self, slot: int, n: int, captured: bool | None) -> None:
-        """Record the outcome: captured True/False after a capture attempt, None after a plain run."""
-        if captured:
-            self.graph_n[slot] = n
-        elif captured is False:
-            self.failed.add((slot, n))
-        self.warm_n[slot] = n
+    return rows if fixed else max(n, min_batch)
 
 
+# 3. the TensorRT + CUDA executor -------------------------------------------------------------------------------------
 def make_trt_logger(trt: Any) -> Any:
     """A trt.ILogger that sends TensorRT's messages to structlog and keeps the last error for BackendError texts."""
 
@@ -187,46 +172,74 @@ class _GpuSlot:
     context: Any
     host: dict[str, cm.PinnedBuffer]
     device: dict[str, cm.DeviceBuffer]
-    cuda: cm.StreamEvent
-    graph: cm.CudaGraph | None = None
+    cuda: cm.Stream
+    graph: cm.Graph | None = None
     shape_n: int = 0
     recorded: bool = False
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class TrtExecutor:
-    """Slots of (execution context, pinned + device buffers, stream, event) on one engine; all CUDA via cuda_mem."""
+    """Slots of (execution context, pinned + device buffers, stream, event) on one engine; all CUDA via `layer`.
 
-    def __init__(self, ctx: cm.CudaContext, runtime: Any, engine: Any, logger: Any, specs: list[TensorSpec], *,
-                 slots: int, cuda_graphs: bool) -> None:
-        self.ctx, self.runtime, self.engine, self.logger, self.specs = ctx, runtime, engine, logger, specs
+    `specs` are planned at `buffer_rows()`; `min_batch` is the engine profile's minimum batch.
+    """
+
+    def __init__(self, layer: cm.CudaLayer, ctx: cm.Context, runtime: Any, engine: Any, logger: Any,
+                 specs: list[TensorSpec], *, slots: int, cuda_graphs: bool, min_batch: int = 1) -> None:
+        self.layer, self.ctx, self.runtime, self.engine, self.logger = layer, ctx, runtime, engine, logger
+        self.specs = specs
+        self.rows = specs[0].shape[0]
         self.image_tail = next(p for p in specs if p.name == INPUT_NAME).shape[1:]
-        self.policy = GraphPolicy(slots, cuda_graphs)
+        self.cuda_graphs, self.min_batch = cuda_graphs, min_batch
+        self.fixed = cuda_graphs or min_batch >= self.rows
         self.slots: list[_GpuSlot] = []
         try:
             with ctx.current():
-                for _ in range(slots):
-                    self._add_slot()
+                for i in range(slots):
+                    self._warm_up(i, self._add_slot())
         except BaseException:
             self.close()
             raise
 
-    def _add_slot(self) -> None:
+    def _add_slot(self) -> _GpuSlot:
         """One execution context with its buffers bound by name (set_tensor_address), stream and event."""
         context = self.engine.create_execution_context()
         if context is None:
             msg = f"TensorRT could not create an execution context (GPU memory?): {self.logger.last_error}"
             raise BackendError(msg)
-        cuda = self.ctx.cuda
-        slot = _GpuSlot(context, {}, {}, cm.StreamEvent(cuda))
+        slot = _GpuSlot(context, {}, {}, self.layer.stream())
         self.slots.append(slot)  # before allocating, so close() frees whatever a failure leaves
         for s in self.specs:
-            slot.host[s.name] = cm.PinnedBuffer(cuda, s.shape, s.dtype)
-            slot.device[s.name] = cm.DeviceBuffer(cuda, s.nbytes())
+            slot.host[s.name] = self.layer.pinned(s.shape, s.dtype)
+            slot.device[s.name] = self.layer.device(s.nbytes())
             slot.arrays[s.name] = slot.host[s.name].array
             if not context.set_tensor_address(s.name, slot.device[s.name].ptr):
                 msg = f"TensorRT set_tensor_address({s.name!r}) failed: {self.logger.last_error}"
                 raise BackendError(msg)
+        return slot
+
+    def _warm_up(self, index: int, s: _GpuSlot) -> None:
+        """One plain run at the slot's fixed batch (TensorRT's lazy set-up happens there), then the graph capture.
+
+        As trtexec: capture only after a plain enqueue of the same shape; a failed capture clears the error state
+        and leaves the slot on plain enqueue. A lost device propagates (the load fails).
+        """
+        if not self.fixed:
+            return
+        s.arrays[INPUT_NAME][:] = 0
+        self._run(s, self.rows)
+        s.cuda.drain()
+        if not self.cuda_graphs:
+            return
+        try:
+            s.graph = self.layer.capture(s.cuda, lambda: self._run(s, self.rows))
+        except DeviceLostError:
+            raise
+        except BackendError as exc:
+            self.layer.clear_error()
+            log.warning("cuda_graph_capture_failed", slot=index, batch=self.rows, error=str(exc),
+                        fallback="plain enqueue")
 
     def input_buffer(self, slot: int) -> np.ndarray:
         """The slot's pinned input array."""
@@ -237,31 +250,14 @@ class TrtExecutor:
         return {k: v for k, v in self.slots[slot].arrays.items() if k in OUTPUT_NAMES}
 
     def enqueue(self, slot: int, n: int) -> None:
-        """H2D, execute_async_v3, D2H (plainly or as a CUDA graph), then record the slot's event. No sync."""
+        """Replay the slot's graph (or H2D, execute_async_v3, D2H), then record the slot's event. No sync."""
         s = self.slots[slot]
         s.recorded = False
         with self.ctx.current():
-            action, drop = self.policy.decide(slot, n)
-            if drop and s.graph is not None:
-                s.graph.close()
-                s.graph = None
-            if action == "graph" and s.graph is not None:
+            if s.graph is not None:
                 s.graph.launch(s.cuda)
-            elif action == "capture":
-                try:
-                    s.graph = cm.CudaGraph(s.cuda, lambda: self._run(s, n))
-                except DeviceLostError:
-                    raise
-                except BackendError as exc:
-                    log.warning("cuda_graph_capture_failed", slot=slot, batch=n, error=str(exc), fallback="plain")
-                    self.policy.ran(slot, n, captured=False)
-                    self._run(s, n)
-                else:
-                    self.policy.ran(slot, n, captured=True)
-                    s.graph.launch(s.cuda)
             else:
-                self._run(s, n)
-                self.policy.ran(slot, n, captured=None)
+                self._run(s, run_batch(n, rows=self.rows, min_batch=self.min_batch, fixed=self.fixed))
             s.cuda.record()
             s.recorded = True
 
@@ -288,22 +284,39 @@ class TrtExecutor:
         with self.ctx.current():
             s.cuda.wait_event() if s.recorded else s.cuda.drain()
 
-    def close(self) -> None:
-        """Graphs, execution contexts, engine, runtime, then buffers and streams, then the CUDA context."""
+    def close(self, free: bool = True) -> None:
+        """Graphs, execution contexts, engine, runtime, then buffers and streams, then the CUDA context.
+
+        Never raises: a failed step is logged and the others still run. `free=False` (after a device loss) makes
+        no CUDA call at all, since none can succeed on a lost context; the process exits next.
+        """
+        slots, self.slots = self.slots, []
+        if not free:
+            self.engine = self.runtime = None
+            return
         try:
             with self.ctx.current():
-                for s in self.slots:
+                for s in slots:
                     if s.graph is not None:
-                        s.graph.close()
+                        _quietly("graph", s.graph.close)
                     s.context = None
                 self.engine = self.runtime = None
-                for s in self.slots:
+                for s in slots:
                     owners: list[Any] = [*s.host.values(), *s.device.values(), s.cuda]
                     for owner in owners:
-                        owner.close()
-                self.slots.clear()
+                        _quietly(type(owner).__name__, owner.close)
+        except BackendError as exc:
+            log.warning("cuda_teardown_failed", error=str(exc))
         finally:
-            self.ctx.close()
+            _quietly("context", self.ctx.close)
+
+
+def _quietly(what: str, close: Any) -> None:
+    """Run one teardown step; its failure is logged, not raised, so the remaining steps still run."""
+    try:
+        close()
+    except BackendError as exc:
+        log.warning("cuda_free_failed", what=what, error=str(exc))
 
 
 def import_tensorrt(purpose: str = 'model.backend = "tensorrt"', error: type[InspectdError] = BackendError) -> Any:
@@ -324,9 +337,10 @@ def load(bundle: Bundle, config: ModelConfig) -> RingBackend:
     """Check, deserialise and set up the bundle's engine (module entry point used by edge.backends.load_backend)."""
     trt = import_tensorrt()
     engine_file = check_engine_info(bundle, trt.__version__)
-    gpu = cm.device_info(0)
+    layer = cm.load_layer(config.cuda)
+    gpu = layer.device_info(0)
     check_engine_info(bundle, trt.__version__, gpu)
-    ctx = cm.CudaContext(0)
+    ctx = layer.context(0)
     try:
         with ctx.current():
             logger = make_trt_logger(trt)
@@ -335,16 +349,19 @@ def load(bundle: Bundle, config: ModelConfig) -> RingBackend:
             if engine is None:
                 msg = f"bundle {bundle.path}: TensorRT could not load {engine_file} ({logger.last_error}); {REBUILD}"
                 raise BundleError(msg)
-            max_batch = effective_max_batch(config.max_batch, profile_batch(engine))
-            specs = plan_buffers(engine, max_batch)
+            profile = profile_batch(engine)
+            max_batch = effective_max_batch(config.max_batch, profile)
+            specs = plan_buffers(engine, buffer_rows(max_batch, profile))
             check_contract(specs, bundle)
-        executor = TrtExecutor(ctx, runtime, engine, logger, specs, slots=config.slots, cuda_graphs=config.cuda_graphs)
     except BaseException:
-        ctx.close()
+        _quietly("context", ctx.close)
         raise
+    executor = TrtExecutor(layer, ctx, runtime, engine, logger, specs, slots=config.slots,
+                           cuda_graphs=config.cuda_graphs, min_batch=profile[0])  # closes ctx if it fails
     spec = bundle.meta.input
     name = f"tensorrt:{bundle.meta.engine.precision if bundle.meta.engine else '?'}:{engine_file}"
-    log.info("backend_loaded", backend=name, gpu=gpu.name, tensorrt=trt.__version__, max_batch=max_batch,
-             slots=config.slots, cuda_graphs=config.cuda_graphs)
+    log.info("backend_loaded", backend=name, gpu=gpu.name, tensorrt=trt.__version__, cuda=layer.version(),
+             max_batch=max_batch, runs_at=executor.rows if executor.fixed else "batch size", slots=config.slots,
+             cuda_graphs=sum(s.graph is not None for s in executor.slots))
     return RingBackend(executor, name=name, max_batch=max_batch, input_shape=(spec.height, spec.width, 3),
-                      slots=config.slots)
+                       slots=config.slots)

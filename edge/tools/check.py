@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     configure(level="warning")  # the report is stdout; backends' info events would interleave with it
     config = load_config(args.config, base_dir=args.config.parent) if args.config else None
     backend = args.backend or (config.model.backend if config else "onnxruntime")
-    items = system_items(backend)
+    items = system_items(backend, config.model.cuda if config else cm.DEFAULT_LAYER)
     if config is None:
         items.append(Item("camera", "skip", "no --config given"))
         items.append(Item("broker", "skip", "no --config given"))
@@ -104,8 +104,8 @@ def video_io(build_info: str) -> dict[str, bool]:
     return found
 
 
-def system_items(backend: str) -> list[Item]:
-    """Python, OpenCV, ONNX Runtime, TensorRT, CUDA; a missing piece fails only if `backend` needs it."""
+def system_items(backend: str, cuda: str = cm.DEFAULT_LAYER) -> list[Item]:
+    """Python, OpenCV, ONNX Runtime, TensorRT, the CUDA layer; a missing piece fails only if `backend` needs it."""
     import cv2
 
     items = [Item("Python", "ok", f"{platform.python_version()} ({sys.executable})")]
@@ -130,26 +130,23 @@ def system_items(backend: str) -> list[Item]:
     except ImportError as exc:
         hint = " (needed for --backend tensorrt)" if backend == "tensorrt" else ""
         items.append(Item("TensorRT", trt_status, f"not available: {exc}{hint}"))
-    try:
-        gpu = cm.device_info(0)
-        pycuda = _pycuda_version()
-        status: Status = "ok" if pycuda.startswith("pycuda ") or backend != "tensorrt" else "fail"
-        items.append(Item("CUDA / GPU", status, f"driver CUDA {gpu.driver_version}; {gpu.name}, compute capability "
-                          f"{gpu.compute_capability}, {gpu.total_memory / 2**30:.1f} GiB; {pycuda}"))
-    except InspectdError as exc:
-        items.append(Item("CUDA / GPU", trt_status, f"not available: {exc}"))
+    items.append(cuda_item(cuda, trt_status))
     return items
 
 
-def _pycuda_version() -> str:
-    """'pycuda 2024.1.2 (built for CUDA 12.2)', or why it is missing; importing pycuda.driver creates no context."""
+def cuda_item(cuda: str, failure: Status) -> Item:
+    """The model.cuda layer and its version, and the GPU it sees (status `failure` when either is missing)."""
     try:
-        import pycuda  # type: ignore[import-not-found]
-        import pycuda.driver as cuda  # type: ignore[import-not-found]
-    except ImportError as exc:
-        return f"pycuda not available: {exc}"
-    built = ".".join(str(v) for v in cuda.get_version()[:2])
-    return f"pycuda {pycuda.VERSION_TEXT} (built for CUDA {built})"
+        layer = cm.load_layer(cuda)
+        version = layer.version()
+    except InspectdError as exc:
+        return Item("CUDA / GPU", failure, f"model.cuda = {cuda!r} not available: {exc}")
+    try:
+        gpu = layer.device_info(0)
+    except InspectdError as exc:
+        return Item("CUDA / GPU", failure, f"model.cuda = {cuda!r}: {version}; no usable GPU: {exc}")
+    return Item("CUDA / GPU", "ok", f"model.cuda = {cuda!r}: {version}; driver CUDA {gpu.driver_version}; {gpu.name}, "
+                f"compute capability {gpu.compute_capability}, {gpu.total_memory / 2**30:.1f} GiB")
 
 
 # the config's camera and broker ---------------------------------------------------------------------------------

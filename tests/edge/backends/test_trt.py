@@ -22,13 +22,14 @@ from edge.backends import cuda_mem as cm
 from edge.backends import load_backend
 from edge.backends.ring import DONE, FILLING, FREE, IN_FLIGHT, Ring, RingBackend
 from edge.backends.trt import (
-    GraphPolicy,
     TensorSpec,
+    buffer_rows,
     check_contract,
     check_engine_info,
     effective_max_batch,
     plan_buffers,
     profile_batch,
+    run_batch,
     version_key,
 )
 from edge.bundle import EngineInfo, write_bundle
@@ -166,9 +167,9 @@ class NumpyExecutor:
             raise self.fail_sync
         assert self.done[slot].wait(5), "work never finished"
 
-    def close(self):
-        """Remember that the backend closed the executor."""
-        self.closed = True
+    def close(self, free=True):
+        """Remember that (and how) the backend closed the executor."""
+        self.closed, self.freed = True, free
 
 
 def make_backend(slots=2, max_batch=2, **kwargs) -> tuple[RingBackend, NumpyExecutor]:
@@ -327,18 +328,32 @@ class TestEffectiveMaxBatch:
         """model.max_batch is limited to the engine's profile max."""
         assert effective_max_batch(asked, profile) == expected
 
-    def test_below_profile_minimum_is_refused(self):
-        """An engine whose profile starts above the asked batch cannot run it."""
-        with pytest.raises(BundleError, match="minimum batch 2"):
-            effective_max_batch(1, (2, 2, 4))
+    def test_below_profile_minimum_is_padded(self):
+        """An engine whose profile starts above the asked batch runs it padded: buffers hold the engine's minimum."""
+        assert effective_max_batch(1, (2, 2, 4)) == 1
+        assert buffer_rows(1, (2, 2, 4)) == 2
+        assert run_batch(1, rows=2, min_batch=2, fixed=False) == 2
 
 
 class TestCheckContract:
     """The engine's tensors against the bundle contract."""
 
     def test_contract_engine_passes(self, engine_bundle):
-        """uint8 image in, float score/map and uint8 mask out, at the bundle's H x W."""
-        check_contract(plan_buffers(contract_engine(), max_batch=2), engine_bundle)
+        """uint8 image in, float score/map and uint8 mask out, at the bundle's H x W: accepted, as planned."""
+        specs = plan_buffers(contract_engine(), max_batch=2)
+        check_contract(specs, engine_bundle)
+        assert {s.name: (s.is_input, s.dtype.name, s.shape) for s in specs} == {
+            "image": (True, "uint8", (2, H, W, 3)),
+            "score": (False, "float32", (2,)),
+            "anomaly_map": (False, "float32", (2, 1, H, W)),
+            "mask": (False, "uint8", (2, 1, H, W)),
+        }
+        for name in ("image", "score", "anomaly_map", "mask"):  # and each tensor is needed: without it, refused
+            engine = contract_engine()
+            del engine.tensors[name]
+            engine.num_io_tensors = 3
+            with pytest.raises(BundleError, match=f"'{name}' is missing"):
+                check_contract(plan_buffers(engine, max_batch=2), engine_bundle)
 
     @pytest.mark.parametrize(
         ("tensor", "entry", "match"),
@@ -583,42 +598,22 @@ class TestRingBackend:
             backend.acquire()
 
 
-class TestGraphPolicy:
-    """When a slot replays, captures or skips a CUDA graph."""
+class TestRunBatch:
+    """Which batch TensorRT runs for a submission of n images."""
 
-    def test_plain_then_capture_then_replay(self):
-        """First run of a size is plain (sets the shape), the second captures, later ones replay."""
-        policy = GraphPolicy(slots=2, enabled=True)
-        assert policy.decide(0, 4) == ("plain", False)
-        policy.ran(0, 4, captured=None)
-        assert policy.decide(0, 4) == ("capture", False)
-        policy.ran(0, 4, captured=True)
-        assert policy.decide(0, 4) == ("graph", False)
-        assert policy.decide(1, 4) == ("plain", False)  # graphs are per slot
-
-    def test_other_batch_size_drops_the_graph(self):
-        """A plain run of another size changes the context's shape state, so the slot's graph is dropped."""
-        policy = GraphPolicy(slots=1, enabled=True)
-        policy.ran(0, 4, captured=None)
-        policy.decide(0, 4)
-        policy.ran(0, 4, captured=True)
-        assert policy.decide(0, 2) == ("plain", True)
-        policy.ran(0, 2, captured=None)
-        assert policy.decide(0, 4) == ("plain", False)
-
-    def test_failed_capture_is_not_retried(self):
-        """After a capture failed for a (slot, size) it runs plainly from then on."""
-        policy = GraphPolicy(slots=1, enabled=True)
-        policy.ran(0, 1, captured=None)
-        assert policy.decide(0, 1)[0] == "capture"
-        policy.ran(0, 1, captured=False)
-        assert policy.decide(0, 1) == ("plain", False)
-
-    def test_disabled_never_captures(self):
-        """model.cuda_graphs = false: always plain."""
-        policy = GraphPolicy(slots=1, enabled=False)
-        policy.ran(0, 1, captured=None)
-        assert policy.decide(0, 1) == ("plain", False)
+    @pytest.mark.parametrize(
+        ("n", "rows", "min_batch", "fixed", "expected"),
+        [
+            (1, 4, 1, True, 4),  # CUDA graphs: padded to the captured size
+            (3, 4, 1, True, 4),
+            (3, 4, 1, False, 3),  # plain enqueue on a dynamic engine: the batch itself
+            (1, 4, 4, True, 4),  # engine built for batch 4 only
+            (1, 2, 2, False, 2),  # profile minimum above the batch
+        ],
+    )
+    def test_batches(self, n, rows, min_batch, fixed, expected):
+        """Padded to rows when fixed, else at least the profile's minimum."""
+        assert run_batch(n, rows=rows, min_batch=min_batch, fixed=fixed) == expected
 
 
 # CUDA error handling -----------------------------------------------------------------------------------------------
@@ -648,20 +643,21 @@ class TestCudaErrors:
             raise exc
 
         with pytest.raises(BackendError, match=r"CUDA cuMemAlloc: RuntimeError: out of memory") as info:
-            cm._check("cuMemAlloc", fails, "out of memory")
+            cm.check("cuMemAlloc", fails, "out of memory")
         assert not isinstance(info.value, DeviceLostError)
         with pytest.raises(DeviceLostError, match="context is lost"):
-            cm._check("cuGraphLaunch", fails, "CUDA error 719", 719)
-        assert cm._check("noop", lambda x: x + 1, 1) == 2
+            cm.check("cuGraphLaunch", fails, "CUDA error 719", 719)
+        with pytest.raises(DeviceLostError, match="context is lost"):  # pycuda's text for CUDA_ERROR_ASSERT
+            cm.check("cuEventSynchronize", fails, "cuEventSynchronize failed: device-side assert triggered")
+        assert cm.check("noop", lambda x: x + 1, 1) == 2
 
 
 # the real thing ----------------------------------------------------------------------------------------------------
 def _gpu_ready() -> str | None:
-    for module in ("tensorrt", "pycuda"):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed"
+    if importlib.util.find_spec("tensorrt") is None:
+        return "tensorrt is not installed"
     try:
-        cm.device_info(0)
+        cm.load_layer(cm.DEFAULT_LAYER).device_info(0)
     except BackendError as exc:
         return str(exc)
     return None
@@ -679,7 +675,7 @@ class TestWithoutTensorRT:
 
 @pytest.mark.gpu
 class TestOnGpu:
-    """The real engine and CUDA pipeline (needs TensorRT, pycuda and a GPU)."""
+    """The real engine and CUDA pipeline (needs TensorRT, cuda-python and a GPU)."""
 
     def test_engine_matches_onnxruntime(self, tmp_path):
         """Build an FP32 engine from the tiny bundle, run it through the ring on the GPU, compare with ONNX Runtime."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 from pathlib import Path
 
@@ -90,6 +91,25 @@ class TestBackendChoice:
         assert code == 1
         assert line(out, "onnxruntime").startswith("ok")
         assert line(out, "tensorrt").startswith("fail") and "cannot load" in line(out, "tensorrt")
+
+
+class TestCudaLayer:
+    """Which CUDA layer (model.cuda) the report names, with its version."""
+
+    def test_layer_and_version_are_reported(self, capsys, tmp_path):
+        """The default layer's package and runtime version; a missing pycuda is named with the way to get it."""
+        pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed")
+        version = importlib.metadata.version("cuda-python")
+        _, out = check(capsys, "--backend", "tensorrt")
+        assert f"model.cuda = 'cuda-python': cuda-python {version} (CUDA runtime " in line(out, "CUDA / GPU")
+        config = tmp_path / "config.toml"
+        config.write_text('[model]\nbackend = "tensorrt"\ncuda = "pycuda"\n[mqtt]\nenabled = false\n',
+                          encoding="utf-8")
+        if importlib.util.find_spec("pycuda") is None:
+            code, out = check(capsys, "--config", str(config))
+            assert code == 1
+            assert line(out, "CUDA / GPU").startswith("fail")
+            assert "model.cuda = 'pycuda' not available: pycuda is not installed" in line(out, "CUDA / GPU")
 
 
 class TestBundleRun:

@@ -25,7 +25,7 @@ from edge import log as logging_setup
 from edge.backends import load_backend
 from edge.bundle import load_bundle
 from edge.config import Config, load_config
-from edge.errors import ConfigError
+from edge.errors import ConfigError, InspectdError
 from edge.log import get_logger
 from edge.notify import enable_faulthandler
 from edge.pipeline import Pipeline
@@ -102,8 +102,9 @@ def run_daemon(
     """Run until `stop` is set, the source ends, or `max_frames` verdicts; return the final stats snapshot.
 
     The snapshot has extra keys: `published` (verdicts handed to the sinks), `delivered` (MQTT acknowledged
-    everything, or MQTT is off), `drained` (every admitted frame got its verdict in time) and `exit_code` (0, or 1
-    when a stage crashed, the drain timed out, or `max_frames` verdicts could not all be acknowledged in time).
+    everything, or MQTT is off), `drained` (every admitted frame got its verdict in time) and `exit_code` (0; 70
+    (DeviceLostError.exit_code) when the GPU was lost; 1 when a stage crashed, the drain timed out, or `max_frames`
+    verdicts could not all be acknowledged in time).
 
     Raises:
         ConfigError: triggered mode without MQTT, a software trigger without triggered mode, a sink's configuration
@@ -132,7 +133,8 @@ def run_daemon(
     # state, backend), also when start-up fails half-way; a sink's close error is logged and the others still close.
     with ExitStack() as opened:
         backend = load_backend(bundle, config.model)
-        opened.callback(backend.close)
+        pipeline: Pipeline | None = None
+        opened.callback(lambda: _close_backend(backend, pipeline))
         stats.backend = backend.name
         seq = SeqCounter(config.mqtt.spool_dir / SEQ_STATE if config.mqtt.enabled else None)
         opened.callback(lambda: seq.close(clean=bool(result.get("drained"))))  # unclean: seq.json keeps its place
@@ -180,6 +182,26 @@ def run_daemon(
     return result
 
 
+def _fatal_exit_code(fatal: BaseException) -> int:
+    """The exit code of a backend's fatal error: DeviceLostError's 70, else 1."""
+    return fatal.exit_code if isinstance(fatal, InspectdError) else 1
+
+
+def _close_backend(backend: Backend, pipeline: Pipeline | None) -> None:
+    """Close the backend, but only once no stage thread can touch its buffers any more, and never raise.
+
+    After a drain timeout a stage may still be writing into a pinned slot or waiting on its event: freeing then is a
+    use-after-free, so the backend is left to the process exit instead.
+    """
+    if pipeline is not None and not pipeline.join(0):
+        log.error("backend_not_closed", backend=backend.name, reason="pipeline stages still running after the drain")
+        return
+    try:
+        backend.close()
+    except Exception:  # logged: the rest of the shutdown (seq state, log line, exit code) must still happen
+        log.exception("backend_close_failed", backend=backend.name)
+
+
 def _close_sinks(sinks: list[Sink], deadline: float) -> None:
     """Close every sink, newest first, within `deadline`; one sink's failure does not keep the others open."""
     for sink in reversed(sinks):
@@ -197,7 +219,8 @@ def _serve(
     next_stats = time.monotonic() + interval
     while not pipeline.done and not stop.wait(0.1):
         if backend.fatal is not None:  # TensorRT: sticky CUDA error, no later frame can succeed
-            log.critical("backend_fatal", error=str(backend.fatal), action="draining with error verdicts, exit 1")
+            log.critical("backend_fatal", error=str(backend.fatal),
+                         action=f"draining with error verdicts, exit {_fatal_exit_code(backend.fatal)}")
             break
         if sinks and time.monotonic() >= next_stats:
             snapshot = stats.snapshot()
@@ -235,8 +258,10 @@ def _shutdown(
         log.warning("shutdown_undelivered", spool_dir=str(config.mqtt.spool_dir),
                     action="kept in the spool, replayed at the next start")
     exit_code = 0
-    if pipeline.failed is not None or not drained or backend.fatal is not None:
-        exit_code = 1  # non-zero: systemd's Restart=on-failure restarts us (a lost GPU needs a fresh process)
+    if backend.fatal is not None:  # a lost GPU: 70, which the unit restarts on (a fresh process, a fresh context)
+        exit_code = _fatal_exit_code(backend.fatal)
+    elif pipeline.failed is not None or not drained:
+        exit_code = 1  # non-zero: systemd's Restart=on-failure restarts us
     elif max_frames is not None and not delivered:
         exit_code = 1  # the --max-frames contract is "all published and acknowledged"
     extra = {"published": pipeline.published, "delivered": delivered, "drained": drained, "exit_code": exit_code}

@@ -1,7 +1,7 @@
 """Exceptions a line engineer reads. Each message says what, where, what was expected and what was found.
 
 Every class carries the process exit code the CLI uses for it: 2 for anything the operator must fix before the
-daemon can start (config, bundle, usage), 1 for failures at run time.
+daemon can start (config, bundle, usage), 1 for failures at run time, 70 for a lost GPU.
 """
 
 
@@ -50,8 +50,11 @@ class MissingExtraError(InspectdError):
 class DeviceLostError(BackendError):
     """Raised when the GPU context is lost (a sticky CUDA error) and no later CUDA call can succeed.
 
-    The daemon gives the frames in flight `error` verdicts and exits non-zero, for systemd to restart it.
+    The daemon gives every admitted frame an `error` verdict and exits with this code (documented in the README and
+    systemd/inspectd.service, which restarts on it): a new process is the only way to a working CUDA context.
     """
+
+    exit_code = 70
 
 
 class BrokerError(InspectdError):

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edge.contract import THRESHOLD
+from edge.contract import THRESHOLD, ModelOutputs
 from edge.log import bind_thread, get_logger
 from edge.pairing import Pairer
 from edge.postprocess import find_regions, judge
@@ -44,7 +44,6 @@ from edge.verdict import Inspection, Verdict
 if TYPE_CHECKING:
     from edge.backends import Backend, Slot
     from edge.config import Config
-    from edge.contract import ModelOutputs
     from edge.sinks import Sink
     from edge.sources import Source
     from edge.stats import PipelineStats
@@ -400,7 +399,14 @@ class Pipeline:
                     self._put(self._q_infer, Batch([job]), "preprocess")
                     continue
                 if current is None:
-                    current = Batch([], self.backend.acquire(), time.monotonic() + wait_s)
+                    try:
+                        slot = self.backend.acquire()
+                    except Exception as exc:  # noqa: BLE001 - no slot (a lost GPU, a closed backend): this frame's error
+                        job.error = f"inference failed: {type(exc).__name__}: {exc}"
+                        log.warning("acquire_failed", seq=job.seq, error=str(exc))
+                        self._put(self._q_infer, Batch([job]), "preprocess")
+                        continue
+                    current = Batch([], slot, time.monotonic() + wait_s)
                 if not self._fill(current, job):
                     if current.jobs:
                         self._put(self._q_infer, current, "preprocess")
@@ -455,9 +461,9 @@ class Pipeline:
                     t0 = time.perf_counter()
                     try:
                         self.backend.submit(batch.slot, len(batch.jobs))
-                    except Exception as exc:  # an inference failure is an error verdict, not a crash (logged)
+                    except Exception as exc:  # noqa: BLE001 - an error verdict, not a crash (logged)
                         batch.error = f"inference failed: {type(exc).__name__}: {exc}"
-                        log.exception("inference_failed", seqs=[j.seq for j in batch.jobs])
+                        self._inference_failed(batch, exc)
                     seconds = time.perf_counter() - t0
                     self.stats.observe("infer", seconds)
                     for job in batch.jobs:
@@ -482,37 +488,56 @@ class Pipeline:
             self._put(self._q_sink, None, "postprocess")
 
     def _judge(self, batch: Batch) -> list[tuple[Inspection, float]]:
-        out: list[tuple[Inspection, float]] = []
         if batch.slot is None:
             return [(self._error(job, job.error or "unknown error"), job.frame.mono) for job in batch.jobs]
-        try:
-            outputs = None if batch.error else self.backend.wait(batch.slot)
-            if outputs is None and batch.error is None:
-                batch.error = "inference returned nothing"
-            for i, job in enumerate(batch.jobs):
-                if outputs is None:
-                    out.append((self._error(job, batch.error or "inference failed"), job.frame.mono))
-                    continue
-                try:
-                    out.append((self._inspect(job, outputs, i), job.frame.mono))
-                except Exception as exc:  # this frame's error verdict (logged)
-                    log.exception("postprocess_failed", seq=job.seq)
-                    out.append((self._error(job, f"postprocess failed: {exc}"), job.frame.mono))
-        except Exception as exc:  # wait() failed: every job of the batch is an error (logged)
-            log.exception("inference_failed", seqs=[j.seq for j in batch.jobs])
-            done = {insp.verdict.seq for insp, _ in out}
-            out += [(self._error(j, f"inference failed: {exc}"), j.frame.mono) for j in batch.jobs if j.seq not in done]
-        finally:
-            self.backend.release(batch.slot)
+        outputs = self._collect(batch, batch.slot)
+        out: list[tuple[Inspection, float]] = []
+        for i, job in enumerate(batch.jobs):
+            if outputs is None:
+                out.append((self._error(job, batch.error or "inference failed"), job.frame.mono))
+                continue
+            try:
+                out.append((self._inspect(job, outputs, i), job.frame.mono))
+            except Exception as exc:  # this frame's error verdict (logged)
+                log.exception("postprocess_failed", seq=job.seq)
+                out.append((self._error(job, f"postprocess failed: {exc}"), job.frame.mono))
         return out
+
+    def _collect(self, batch: Batch, slot: Slot) -> ModelOutputs | None:
+        """Wait for the batch's slot, copy its outputs out and release the slot at once (None: inference failed).
+
+        The slot is free for the next batch while this one is post-processed: held until after post-processing,
+        each slot spanned preprocess + GPU + postprocess and two slots capped the GPU path's throughput.
+        """
+        try:
+            if batch.error is None:
+                return ModelOutputs(*(a.copy() for a in self.backend.wait(slot)))
+        except Exception as exc:  # noqa: BLE001 - every job of the batch is an error (logged)
+            self._inference_failed(batch, exc)
+            batch.error = f"inference failed: {exc}"
+        finally:
+            self.backend.release(slot)
+        return None
+
+    def _inference_failed(self, batch: Batch, exc: BaseException) -> None:
+        """Log a failed submit/wait with its traceback, or without once the GPU is lost.
+
+        The loss itself is logged once (cuda_device_lost); every later batch fails the same way, and rendering a
+        traceback for each slows the drain of the remaining frames.
+        """
+        seqs = [j.seq for j in batch.jobs]
+        if self.backend.fatal is not None:
+            log.error("inference_failed", seqs=seqs, error=str(exc), cause="device lost")
+        else:
+            log.exception("inference_failed", seqs=seqs)
 
     def _inspect(self, job: Job, outputs: ModelOutputs, i: int) -> Inspection:
         t0 = time.perf_counter()
         score = float(outputs.score[i])
         if not math.isfinite(score):
             return self._error(job, f"model returned a non-finite score ({score})")
-        amap = outputs.anomaly_map[i, 0].copy()
-        mask = outputs.mask[i, 0].copy()
+        amap = outputs.anomaly_map[i, 0]  # views of _collect's copies: the slot's buffers are already reused
+        mask = outputs.mask[i, 0]
         if job.geometry is None:  # set by _fill for every job that reached the backend
             return self._error(job, "postprocess failed: no preprocess geometry for this frame")
         pp = self.config.postprocess

@@ -64,8 +64,12 @@ class Backend(Protocol):
         """Hand `slot` back for reuse."""
         ...
 
-    def infer(self, images: np.ndarray) -> ModelOutputs:
-        """Acquire, copy, submit, wait and release in one call, returning copies (for non-pipelined callers)."""
+    def infer(self, images: np.ndarray, batch: int | None = None) -> ModelOutputs:
+        """Judge `images` in batches of `batch` (default max_batch), every slot in flight; returns copies.
+
+        For callers that do not pipeline (check, bench, evaluation): acquire/submit/wait/release as the daemon
+        drives them, so what they measure is the daemon's path.
+        """
         ...
 
     def close(self) -> None:

@@ -202,6 +202,15 @@ class CudaLayer(Protocol):
         ...
 
 
+def import_library(module: str, package: str, how: str) -> Any:
+    """Import a layer's CUDA library, or raise BackendError saying it is missing and how to get it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        msg = f"{package} is not installed ({exc}): {how}"
+        raise BackendError(msg) from None
+
+
 def load_layer(name: str = DEFAULT_LAYER) -> CudaLayer:
     """The named layer; its CUDA library is imported only now (BackendError saying how to install it)."""
     if name not in _MODULES:

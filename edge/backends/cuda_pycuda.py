@@ -60,13 +60,8 @@ def _cu(name: str, *args: Any) -> None:
 
 
 def _import_pycuda() -> Any:
-    try:
-        import pycuda.driver as cuda  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        msg = (f"pycuda is not installed ({exc}): it compiles against the CUDA toolkit (pip install "
-               "'inspectd[pycuda]' with nvcc on PATH), or use the default model.cuda = \"cuda-python\"")
-        raise BackendError(msg) from None
-    return cuda
+    return cm.import_library("pycuda.driver", "pycuda", "it compiles against the CUDA toolkit (pip install "
+                             "'inspectd[pycuda]' with nvcc on PATH), or use the default model.cuda = \"cuda-python\"")
 
 
 class Layer:

@@ -23,13 +23,8 @@ from edge.errors import BackendError
 
 
 def _import_runtime() -> Any:
-    try:
-        from cuda.bindings import runtime  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        msg = (f"cuda-python is not installed ({exc}): pip install 'inspectd[gpu]' (on JetPack 6 / CUDA 12: "
-               "pip install 'cuda-python>=12.6,<13'), or set model.cuda = \"pycuda\"")
-        raise BackendError(msg) from None
-    return runtime
+    return cm.import_library("cuda.bindings.runtime", "cuda-python", "pip install 'inspectd[gpu]' (on JetPack 6 / "
+                             "CUDA 12: pip install 'cuda-python>=12.6,<13'), or set model.cuda = \"pycuda\"")
 
 
 class Layer:
@@ -52,6 +47,22 @@ class Layer:
         if code:
             name = _text(self.rt.cudaGetErrorName(err))
             raise cm.cuda_error(what, code, f"{name} ({code}): {_text(self.rt.cudaGetErrorString(err))}")
+
+    def destroy(self, *steps: tuple[str, Any]) -> None:
+        """Call runtime function `name(handle)` for each step whose handle exists, all of them even if one fails.
+
+        The first failure is raised after the rest ran.
+        """
+        failure: BaseException | None = None
+        for name, handle in steps:
+            if handle is None:
+                continue
+            try:
+                self.call(name, getattr(self.rt, name), handle)
+            except BackendError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def version(self) -> str:
         """'cuda-python 12.6.2 (CUDA runtime 12.6)'."""
@@ -224,15 +235,9 @@ class StreamEvent:
 
     def close(self) -> None:
         """Destroy the event, then the stream; a second call does nothing."""
-        rt = self.layer.rt
         event, self.event = self.event, None
         stream, self.stream = self.stream, None
-        try:
-            if event is not None:
-                self.layer.call("cudaEventDestroy", rt.cudaEventDestroy, event)
-        finally:
-            if stream is not None:
-                self.layer.call("cudaStreamDestroy", rt.cudaStreamDestroy, stream)
+        self.layer.destroy(("cudaEventDestroy", event), ("cudaStreamDestroy", stream))
 
 
 class CudaGraph:
@@ -264,12 +269,6 @@ class CudaGraph:
 
     def close(self) -> None:
         """Destroy the executable graph, then the graph; a second call does nothing."""
-        rt = self.layer.rt
         exec_, self._exec = self._exec, None
         graph, self._graph = self._graph, None
-        try:
-            if exec_ is not None:
-                self.layer.call("cudaGraphExecDestroy", rt.cudaGraphExecDestroy, exec_)
-        finally:
-            if graph is not None:
-                self.layer.call("cudaGraphDestroy", rt.cudaGraphDestroy, graph)
+        self.layer.destroy(("cudaGraphExecDestroy", exec_), ("cudaGraphDestroy", graph))

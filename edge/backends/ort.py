@@ -187,11 +187,12 @@ class OrtBackend:
         slot.n = 0
         self._free.put(slot)
 
-    def infer(self, images: np.ndarray) -> ModelOutputs:
-        """Judge `images` (N, H, W, 3) uint8 in chunks of max_batch; returns copies."""
+    def infer(self, images: np.ndarray, batch: int | None = None) -> ModelOutputs:
+        """Judge `images` (N, H, W, 3) uint8 in chunks of `batch` (default max_batch); returns copies."""
+        step = min(batch or self.max_batch, self.max_batch)
         parts = []
-        for start in range(0, len(images), self.max_batch):
-            chunk = images[start : start + self.max_batch]
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
             slot = self.acquire()
             try:
                 slot.input[: len(chunk)] = chunk

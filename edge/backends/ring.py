@@ -185,8 +185,12 @@ class RingBackend:
         slot.n = 0
         self.ring.release(slot.index)
 
-    def infer(self, images: np.ndarray) -> ModelOutputs:
-        """Judge (N, H, W, 3) uint8 images in max_batch chunks, keeping every slot busy; returns copies."""
+    def infer(self, images: np.ndarray, batch: int | None = None) -> ModelOutputs:
+        """Judge (N, H, W, 3) uint8 images in chunks of `batch` (default max_batch), every slot in flight.
+
+        The next chunk is submitted before the oldest is waited on, as the daemon's stages do; returns copies.
+        """
+        step = min(batch or self.max_batch, self.max_batch)
         if images.ndim != 4 or images.shape[1:] != self.input_shape or images.dtype != np.uint8:
             h, w, c = self.input_shape
             msg = f"images of shape {images.shape} {images.dtype}, expected (N, {h}, {w}, {c}) uint8"
@@ -194,10 +198,10 @@ class RingBackend:
         pending: deque[RingSlot] = deque()
         parts: list[list[np.ndarray]] = []
         try:
-            for start in range(0, len(images), self.max_batch):
+            for start in range(0, len(images), step):
                 if len(pending) == len(self.slots):
                     parts.append(self._collect(pending.popleft()))
-                chunk = images[start : start + self.max_batch]
+                chunk = images[start : start + step]
                 slot = self.acquire()
                 pending.append(slot)
                 slot.input[: len(chunk)] = chunk
@@ -238,7 +242,7 @@ class RingBackend:
                     log.warning("slot_drain_failed", slot=i)
         try:
             self.executor.close(free=self.fatal is None)
-        except Exception:  # noqa: BLE001 - a teardown bug must not skip the rest of the daemon's shutdown
+        except Exception:  # logged: a teardown bug must not skip the rest of the daemon's shutdown
             log.exception("backend_close_failed", backend=self.name)
             return
         log.info("backend_closed", backend=self.name, freed=self.fatal is None)

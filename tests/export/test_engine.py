@@ -289,28 +289,22 @@ class TestBuildEngineHere:
             build_engine(bundle.path)
 
 
-class TestTypes:
-    """Static checks of the GPU path (it cannot run here), for both CUDA layers."""
+class TestGpuModules:
+    """The GPU path's modules, for both CUDA layers, where neither TensorRT nor a GPU exists.
+
+    mypy checks them in `make test`'s lint step, against cuda-python's real API (installed by the dev extra).
+    """
 
     FILES = ["edge/backends/trt.py", "edge/backends/cuda_mem.py", "edge/backends/cuda_rt.py",
              "edge/backends/cuda_pycuda.py", "edge/backends/ring.py", "export/engine.py", "export/trt_rules.py",
              "edge/tools/check.py"]
 
-    def test_mypy_passes_on_the_gpu_modules(self):
-        """Mypy (missing tensorrt/pycuda/cuda-python stubs ignored) finds nothing in the GPU-path modules."""
-        result = subprocess.run(
-            [sys.executable, "-m", "mypy", "--follow-imports=silent", "--ignore-missing-imports", *self.FILES],
-            cwd=REPO, capture_output=True, text=True, check=False, timeout=120,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-
-    def test_gpu_modules_compile_and_import_without_their_libraries(self):
-        """compileall is clean, and each module imports without TensorRT, pycuda or a GPU (they load lazily)."""
-        result = subprocess.run([sys.executable, "-m", "compileall", "-q", *self.FILES], cwd=REPO,
-                                capture_output=True, text=True, check=False, timeout=120)
-        assert result.returncode == 0, result.stdout + result.stderr
-        code = ("import importlib, sys; sys.modules['pycuda'] = None; sys.modules['tensorrt'] = None; "
-                + "; ".join(f"importlib.import_module({f[:-3].replace('/', '.')!r})" for f in self.FILES))
+    def test_compile_and_import_without_their_libraries(self):
+        """Compileall is clean, and each module imports without TensorRT, pycuda or a GPU (they load lazily)."""
+        modules = [f[:-3].replace("/", ".") for f in self.FILES]
+        code = ("import compileall, importlib, sys; sys.modules['pycuda'] = None; sys.modules['tensorrt'] = None; "
+                f"assert all(compileall.compile_file(f, quiet=1) for f in {self.FILES!r}); "
+                f"[importlib.import_module(m) for m in {modules!r}]")
         result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False,
                                 timeout=120)
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == 0, result.stdout + result.stderr

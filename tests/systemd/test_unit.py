@@ -195,3 +195,35 @@ class TestCredentials:
         password = load_config(None).mqtt.password
         assert password is not None
         assert password.get_secret_value() == "s3cret"
+
+
+class TestDeviceLossExit:
+    """Code, README and unit agree on how a lost GPU ends the daemon (issues #12 item 10, #18)."""
+
+    def test_exit_code_is_documented_and_restarted(self):
+        """DeviceLostError's exit code is the one the README gives and the one the unit restarts on explicitly."""
+        from edge.errors import DeviceLostError
+
+        readme = (SYSTEMD.parent / "README.md").read_text(encoding="utf-8")
+        documented = re.search(r"`DeviceLostError`.*?\*\*exits (\d+)\*\*", readme, re.S)
+        assert documented is not None and documented.group(1) == str(DeviceLostError.exit_code)
+        unit = directives(UNIT.read_text(encoding="utf-8"))
+        assert unit["Restart"] == ["on-failure"]
+        assert unit["RestartForceExitStatus"] == [str(DeviceLostError.exit_code)]
+        assert str(DeviceLostError.exit_code) not in " ".join(unit.get("RestartPreventExitStatus", []))
+        assert DeviceLostError.exit_code not in (0, 1, 2)  # not success, not a generic failure, not a bad config
+
+
+class TestReadmeDropIns:
+    """The README's description of the GPU drop-ins is what they contain (issue #18)."""
+
+    def test_readme_lists_the_nodes_the_drop_ins_allow_and_no_globs(self):
+        """Every node a drop-in allows is named in the README, and the README shows no glob DeviceAllow= lacks."""
+        readme = (SYSTEMD.parent / "README.md").read_text(encoding="utf-8")
+        for dropin in ("gpu-nvidia.conf", "gpu-jetson.conf"):
+            nodes = [v.split()[0] for v in directives((SYSTEMD / dropin).read_text(encoding="utf-8"))["DeviceAllow"]]
+            if dropin == "gpu-nvidia.conf":
+                missing = [n for n in nodes if Path(n).name not in readme]
+                assert not missing, f"README does not name {missing} of {dropin}"
+            assert not [n for n in nodes if "*" in n]
+        assert not re.findall(r"`/dev/[^`]*\*`", readme), "README shows a device glob; DeviceAllow= takes none"

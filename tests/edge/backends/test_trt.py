@@ -598,6 +598,40 @@ class TestRingBackend:
             backend.acquire()
 
 
+class TestTeardown:
+    """close() frees only what no stage still writes into, and never raises (issue #12 item 7)."""
+
+    def test_close_waits_for_a_slot_being_filled(self):
+        """A slot the preprocess stage is still writing into is not freed under it: close waits for its release."""
+        backend, executor = make_backend()
+        slot = backend.acquire()
+        closer = threading.Thread(target=backend.close)
+        closer.start()
+        closer.join(0.2)
+        assert closer.is_alive() and not executor.closed, "pinned memory freed while a stage was writing into it"
+        backend.release(slot)
+        closer.join(5)
+        assert executor.closed and executor.freed
+
+    def test_close_gives_up_freeing_when_a_slot_stays_filled(self):
+        """If the writer never finishes (a hung stage), close returns without freeing anything."""
+        backend, executor = make_backend()
+        backend.acquire()
+        backend.close(timeout=0.05)
+        assert not executor.closed
+
+    def test_close_never_raises(self):
+        """A failing executor close is logged; the daemon's shutdown goes on."""
+        backend, executor = make_backend()
+
+        def broken(free=True):
+            msg = "cuGraphExecDestroy failed: an illegal memory access was encountered"
+            raise RuntimeError(msg)
+
+        executor.close = broken  # type: ignore[method-assign]
+        backend.close()
+
+
 class TestRunBatch:
     """Which batch TensorRT runs for a submission of n images."""
 

@@ -167,6 +167,34 @@ class TestCameraAndBroker:
 class TestPieces:
     """The report's building blocks."""
 
+    def test_throughput_keeps_every_slot_in_flight(self):
+        """Throughput goes through the daemon's submit/wait ring: both slots in flight, results in frame order."""
+        from edge.backends.ring import RingBackend
+        from edge.tools.check import _throughput
+        from tests.edge.backends.test_trt import H, NumpyExecutor, W, frames, reference
+
+        class Counting(NumpyExecutor):
+            def __init__(self) -> None:
+                super().__init__(2, 4, delay=0.002)
+                self.in_flight, self.most = set(), 0
+
+            def enqueue(self, slot, n):
+                self.in_flight.add(slot)
+                self.most = max(self.most, len(self.in_flight))
+                super().enqueue(slot, n)
+
+            def synchronize(self, slot):
+                super().synchronize(slot)
+                self.in_flight.discard(slot)
+
+        executor = Counting()
+        backend = RingBackend(executor, name="numpy", max_batch=4, input_shape=(H, W, 3), slots=2)
+        images = frames(range(0, 240, 10))
+        for batch in (1, 4):
+            fps, out = _throughput(backend, images, batch)
+            assert fps > 0 and executor.most == 2
+            np.testing.assert_allclose(out.score, reference(images)[0], rtol=1e-6)
+
     def test_video_io_parses_build_information(self):
         """GStreamer/FFmpeg/V4L2 yes-no come from OpenCV's build information text."""
         assert video_io(BUILD_INFO) == {"GStreamer": True, "FFmpeg": True, "V4L2": False}

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
-BACKBONES = ("efficientnet_lite0", "resnet18", "wide_resnet50_2")
+Backbone = Literal["efficientnet_lite0", "resnet18", "wide_resnet50_2"]
+BACKBONES: tuple[str, ...] = get_args(Backbone)
 
 # (mean, std) of the input each backbone was trained on (RGB, [0, 1] scale).
 NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detectors import DETECTORS
-
-PRETRAINED = {"padim"}  # detectors that use pretrained (ImageNet) weights
+from detectors import registry
 
 
 def find_categories(data: Path) -> list[Path]:
@@ -100,7 +98,7 @@ def benchmark(
         f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{platform.machine()} CPU, torch {torch.__version__} with {torch.get_num_threads()} threads, "
         f"{size}x{size} input, training budget {minutes:g} min per run, seed {seed}. "
-        f"Pretrained weights: {', '.join(sorted(PRETRAINED & set(detectors))) or 'none'}."
+        f"Pretrained weights: {', '.join(d for d in detectors if registry.get(d).pretrained) or 'none'}."
     )
     rows: list[dict] = []
     previous = out.with_suffix(".json")
@@ -156,7 +154,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("var/bench/detectors"),
         help="checkpoints, metric JSONs and heatmap grids go here",
     )
-    parser.add_argument("--detectors", nargs="+", default=list(DETECTORS), choices=sorted(DETECTORS), metavar="NAME")
+    parser.add_argument("--detectors", nargs="+", default=registry.names(), choices=registry.names(), metavar="NAME")
     parser.add_argument("--categories", nargs="+", default=None, metavar="NAME", help="default: every category found")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
@@ -176,18 +174,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the table."""
-    import importlib
-
-    from detectors.train import TrainError, parse_params
-
     per_detector: dict[str, list[str]] = {}
     for item in args.param:
         det, sep, kv = item.partition(":")
-        if not sep or det not in DETECTORS:
-            msg = f"--param {item!r}: expected DETECTOR:KEY=VALUE with DETECTOR one of {sorted(DETECTORS)}"
-            raise TrainError(msg)
+        if not sep:
+            msg = f"--param {item!r}: expected DETECTOR:KEY=VALUE with DETECTOR one of {', '.join(registry.names())}"
+            raise registry.DetectorError(msg)
         per_detector.setdefault(det, []).append(kv)
-    params = {d: parse_params(kvs, importlib.import_module(DETECTORS[d]).DEFAULTS) for d, kvs in per_detector.items()}
+    params = {d: registry.parse_assignments(registry.get(d), kvs) for d, kvs in per_detector.items()}
     cmd = " ".join(
         [
             "inspectd benchmark-detectors",

@@ -8,7 +8,6 @@ calibrate` sets proper ones from held-out good images.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from detectors import DETECTORS
+from detectors import registry
 
 FORMAT_VERSION = 1
 IMAGE_MARGIN = 1.1  # training images are in-sample: unseen good ones score higher
@@ -52,15 +51,6 @@ def provisional_thresholds(scores: np.ndarray, maps: np.ndarray) -> dict:
     q = float(np.quantile(values, PIXEL_QUANTILE))
     pixel = offset + IMAGE_MARGIN * max(q - offset, 1e-6 * max(abs(offset), 1.0))
     return {"offset": offset, "image": image, "pixel": pixel}
-
-
-def build_model(detector: str, params: dict, input_size: tuple[int, int]) -> nn.Module:
-    """Build a detector's module through the registry."""
-    if detector not in DETECTORS:
-        msg = f"unknown detector {detector!r}; expected one of {sorted(DETECTORS)}"
-        raise CheckpointError(msg)
-    module = importlib.import_module(DETECTORS[detector])
-    return module.build(params, tuple(input_size))
 
 
 def save(path: Path | str, model: nn.Module, meta: CheckpointMeta) -> None:
@@ -100,6 +90,10 @@ def load(path: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Modul
         provisional=dict(payload.get("provisional", {})),
         metrics=dict(payload.get("metrics", {})),
     )
-    model = build_model(meta.detector, meta.params, meta.input_size)
+    try:
+        model = registry.build(meta.detector, meta.params, meta.input_size)
+    except registry.DetectorError as exc:
+        msg = f"checkpoint {path}: {exc}"
+        raise CheckpointError(msg) from None
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval(), meta

@@ -7,21 +7,19 @@ checkpoint also carries provisional thresholds from the training images (see det
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from detectors import DETECTORS
-from edge.errors import InspectdError
 from edge.evaluation.dataset import list_images, read_image, tree_hash
+from detectors import registry
+from edge.errors import InspectdError
 
 
 class TrainError(InspectdError):
-    """Raised when training cannot start: bad --param, unknown detector, no CUDA when asked for it."""
+    """Raised when training cannot start: missing options, no CUDA when asked for it (bad params: DetectorError)."""
 
     exit_code = 2
 
@@ -34,24 +32,6 @@ class TrainResult:
     log: dict
     provisional: dict
     images: int
-
-
-def parse_params(items: list[str], defaults: dict) -> dict:
-    """`key=value` strings -> dict; values are JSON when they parse (numbers, booleans), else strings."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            msg = f"--param {item!r}: expected key=value"
-            raise TrainError(msg)
-        if key not in defaults:
-            msg = f"--param {key}: unknown parameter; this detector takes {', '.join(sorted(defaults))}"
-            raise TrainError(msg)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def pick_device(name: str | None):
@@ -82,29 +62,27 @@ def train_detector(
     from detectors.checkpoint import CheckpointMeta, provisional_thresholds, save
     from detectors.scoring import predict
 
-    if detector not in DETECTORS:
-        msg = f"unknown detector {detector!r}; expected one of {sorted(DETECTORS)}"
-        raise TrainError(msg)
-    module = importlib.import_module(DETECTORS[detector])
-    merged = {**module.DEFAULTS, **(params or {})}
+    registry.get(detector).make_params(params)  # unknown detector or bad params: fail before reading images
     paths = list_images(Path(data) / "train" / "good")
     images = np.stack([read_image(p, (size, size)) for p in paths])
-    torch_device = pick_device(device)
-    from detectors.training import seed_everything  # torch: imported only when training runs
-
-    seed_everything(seed)
-    model = module.build(merged, (size, size))
     start = time.monotonic()
-    log = module.fit(
-        model, images, params=merged, seed=seed, max_minutes=max_minutes, device=torch_device, progress=progress
+    model, checked, log = registry.train(
+        detector,
+        images,
+        params,
+        (size, size),
+        seed=seed,
+        device=pick_device(device),
+        max_minutes=max_minutes,
+        progress=progress,
     )
     minutes = (time.monotonic() - start) / 60
-    scores, maps = predict(model.eval(), images)
+    scores, maps = predict(model, images)
     provisional = provisional_thresholds(scores, maps)
     losses = [float(v) for v in log.get("loss", [])]
     meta = CheckpointMeta(
         detector=detector,
-        params=merged,
+        params=checked.model_dump(),
         input_size=(size, size),
         training={"category": str(data), "images": len(paths), "hash": tree_hash(paths), "seed": seed},
         provisional=provisional,
@@ -120,9 +98,12 @@ def train_detector(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the train options."""
-    parser.add_argument("--detector", required=True, choices=sorted(DETECTORS), help="which detector to train")
-    parser.add_argument("--data", required=True, type=Path, help="category folder (MVTec layout: train/good/*.png)")
-    parser.add_argument("--out", required=True, type=Path, help="checkpoint file to write (.pt)")
+    parser.add_argument("--detector", required=True, choices=registry.names(), help="which detector to train")
+    parser.add_argument(
+        "--help-params", action="store_true", help="list the detector's parameters (type, default, range) and exit"
+    )
+    parser.add_argument("--data", type=Path, help="category folder (MVTec layout: train/good/*.png); required")
+    parser.add_argument("--out", type=Path, help="checkpoint file to write (.pt); required")
     parser.add_argument("--size", type=int, default=256, help="square input size the model is built for (px)")
     parser.add_argument("--seed", type=int, default=0, help="seed for every RNG (reproducible training)")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall-clock budget")
@@ -137,9 +118,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train and report where the checkpoint went."""
-    module = importlib.import_module(DETECTORS[args.detector])
-    params = parse_params(args.param, module.DEFAULTS)
+    """Train and report where the checkpoint went (or, with --help-params, list the parameters)."""
+    detector = registry.get(args.detector)
+    if args.help_params:
+        print(registry.describe_params(detector))
+        return 0
+    if args.data is None or args.out is None:
+        msg = "inspectd train: --data and --out are required (only --help-params runs without them)"
+        raise TrainError(msg)
+    params = registry.parse_assignments(detector, args.param)
     result = train_detector(
         args.detector,
         args.data,

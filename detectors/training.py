@@ -1,7 +1,7 @@
 """What every detector's training shares.
 
-Seeding, image conversion, crop sampling, the LR schedule, a wall-clock-bounded loop with progress, and
-`start_fit`, the common start of each `fit`.
+Seeding (called once, by `detectors.registry.train`), image conversion, crop sampling, the LR schedule, a
+step- or wall-clock-bounded loop with progress, and `start_fit`, the common start of each `fit`.
 """
 
 from __future__ import annotations
@@ -10,12 +10,17 @@ import math
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
+
+from detectors.progress import Progress
+
+M = TypeVar("M", bound=nn.Module)
+Schedule = Literal["cosine", "constant"]  # see lr_factor
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -94,42 +99,34 @@ def run_loop(
     `fraction` in [0, 1] is the share of the budget spent before this step. With a wall-clock budget it depends on
     machine speed, so only runs without `max_minutes` are bit-for-bit reproducible.
     """
-    from tqdm.auto import tqdm
-
     start = time.monotonic()
     budget_s = None if max_minutes is None else max_minutes * 60
     losses: list[float] = []
-    bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
     done = 0
-    for step in bar:
-        elapsed = time.monotonic() - start
-        fraction = step / steps
-        if budget_s:
-            fraction = max(fraction, elapsed / budget_s)
-        loss = step_fn(step, fraction)
-        losses.append(float(loss))
-        done = step + 1
-        if progress and (step % 5 == 0 or done == steps):
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        if budget_s is not None and time.monotonic() - start >= budget_s:
-            break
-    if progress:
-        bar.close()
+    with Progress(steps, desc, enabled=progress) as bar:
+        for step in range(steps):
+            elapsed = time.monotonic() - start
+            fraction = step / steps
+            if budget_s:
+                fraction = max(fraction, elapsed / budget_s)
+            loss = step_fn(step, fraction)
+            losses.append(float(loss))
+            done = step + 1
+            bar.update(1, loss=float(np.mean(losses[-20:])))
+            if budget_s is not None and time.monotonic() - start >= budget_s:
+                break
     return {"loss": losses, "steps": done, "minutes": (time.monotonic() - start) / 60}
 
 
-def start_fit(
-    model: nn.Module,
-    expected: type[nn.Module],
-    name: str,
-    defaults: dict[str, Any],
-    params: dict[str, Any],
-    seed: int,
-    images: np.ndarray,
-) -> tuple[dict[str, Any], np.random.Generator, torch.Tensor]:
-    """Check the model's type, merge `params` over `defaults`, seed everything, and convert the images."""
+def check_model(model: nn.Module, expected: type[M], name: str) -> M:
+    """`model` as `expected`, or a TypeError naming both (a fit handed another detector's module)."""
     if not isinstance(model, expected):
         msg = f"{name}.fit needs a {expected.__name__}, found {type(model).__name__}"
         raise TypeError(msg)
-    rng = seed_everything(seed)
-    return {**defaults, **params}, rng, images_to_tensor(images, getattr(model, "input_size", None))
+    return model
+
+
+def start_fit(model: nn.Module, expected: type[M], name: str, images: np.ndarray) -> tuple[M, torch.Tensor]:
+    """Check the model's type and convert the images at its input size (seeding is done once, by the registry)."""
+    model = check_model(model, expected, name)
+    return model, images_to_tensor(images, getattr(model, "input_size", None))

@@ -2,52 +2,60 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
+from pydantic import Field
 
 from detectors.draem.model import Draem
 from detectors.draem.train import fit
-
-# Model and training parameters; a checkpoint stores the merged dict so it rebuilds the same model.
-# Widths are far below the paper's (reconstructive base 128 x 5 levels, discriminative base 64 x 6 levels) so that
-# a few minutes on 2 CPU cores teach it something; raise them on a GPU.
-DEFAULTS: dict[str, Any] = {
-    # model
-    "recon_base": 8,  # reconstructive encoder-decoder: widths 8, 16, 32, 64 (paper: 128 .. 1024)
-    "recon_levels": 4,
-    "disc_base": 8,  # discriminative U-Net: widths 8, 16, 32, 64 (paper: 64 .. 512)
-    "disc_levels": 4,
-    "smooth_sigma": 2.0,  # Gaussian smoothing of the defect probability map (pixels, 0 = none)
-    "downscale": 2,  # sub-networks run at 1/downscale of the input size: ~4x cheaper per step, better in minutes
-    "pool": 21,  # mean-pool window for the image score (paper: 21)
-    # training
-    "steps": 5000,  # upper bound; max_minutes usually stops first on a CPU
-    "batch_size": 8,
-    "crop_size": 128,  # random crops of the input-size image (fully convolutional: inference runs on the whole image)
-    "lr": 1e-3,
-    "schedule": "cosine",  # "cosine": decays to 2 % by the end of steps or max_minutes; or "constant"
-    "flip": True,
-    "p_anomaly": 0.5,  # share of training crops that get a synthetic anomaly (paper: 0.5)
-    "p_geometric": 0.3,  # of those, share that rotate/warp a local region instead of pasting foreign texture
-    "p_line": 0.0,  # of those, share that draw thin lines (scratch/crack-like); the rest: Perlin + foreign texture
-    # Texture family sources: the image's own pixels with shifted intensity (p_self), a procedural texture
-    # (p_procedural: fractal noise / stripes, standing in for DTD), else a shuffled, jittered crop of another image.
-    "p_self": 0.0,
-    "p_procedural": 0.0,
-    "focal_weight": 1.0,
-    "focal_gamma": 2.0,
-}
-
-_MODEL_KEYS = ("recon_base", "recon_levels", "disc_base", "disc_levels", "smooth_sigma", "downscale", "pool")
+from detectors.registry import Detector, DetectorParams
+from detectors.training import Schedule
 
 
-def build(params: dict[str, Any], input_size: tuple[int, int]) -> nn.Module:
-    """Build an untrained Draem from params (missing keys take DEFAULTS) for input_size=(h, w)."""
-    p = {**DEFAULTS, **params}
-    model = Draem(**{k: p[k] for k in _MODEL_KEYS})
+class DraemParams(DetectorParams):
+    """Model and training parameters; a checkpoint stores them so it rebuilds the same model.
+
+    Widths are far below the paper's (reconstructive base 128 x 5 levels, discriminative base 64 x 6 levels) so that
+    a few minutes on 2 CPU cores teach it something; raise them on a GPU.
+    """
+
+    recon_base: int = Field(8, ge=1, le=256, description="reconstructive network's first width (paper: 128)")
+    recon_levels: int = Field(4, ge=1, le=7, description="reconstructive network's resolution levels (paper: 5)")
+    disc_base: int = Field(8, ge=1, le=256, description="discriminative U-Net's first width (paper: 64)")
+    disc_levels: int = Field(4, ge=1, le=7, description="discriminative U-Net's resolution levels (paper: 6)")
+    smooth_sigma: float = Field(2.0, ge=0, le=32, description="Gaussian smoothing of the defect probability (px)")
+    downscale: int = Field(2, ge=1, le=8, description="sub-networks run at 1/downscale of the input size")
+    pool: int = Field(21, ge=1, le=255, description="mean-pool window for the image score (paper: 21)")
+    steps: int = Field(5000, ge=1, description="training steps (upper bound; --max-minutes may stop first)")
+    batch_size: int = Field(8, ge=1, le=256, description="crops per step")
+    crop_size: int = Field(128, ge=16, description="random training crops (px); inference runs on the whole image")
+    lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate")
+    schedule: Schedule = Field("cosine", description="cosine decay to 2 % by the end of the budget, or constant")
+    flip: bool = Field(True, description="random horizontal/vertical flips")
+    p_anomaly: float = Field(0.5, ge=0, le=1, description="share of crops given a synthetic anomaly (paper: 0.5)")
+    p_geometric: float = Field(0.3, ge=0, le=1, description="of those, share that rotate/warp a local region")
+    p_line: float = Field(0.0, ge=0, le=1, description="of those, share drawn as thin lines (scratch/crack-like)")
+    p_self: float = Field(0.0, ge=0, le=1, description="texture source: the image's own pixels, intensity-shifted")
+    p_procedural: float = Field(0.0, ge=0, le=1, description="texture source: fractal noise / stripes (for DTD)")
+    focal_weight: float = Field(1.0, ge=0, description="weight of the focal segmentation loss")
+    focal_gamma: float = Field(2.0, ge=0, le=10, description="focal loss gamma")
+
+
+_MODEL_KEYS = {"recon_base", "recon_levels", "disc_base", "disc_levels", "smooth_sigma", "downscale", "pool"}
+
+
+def build(params: DraemParams, input_size: tuple[int, int]) -> Draem:
+    """An untrained Draem for input_size=(h, w)."""
+    model = Draem(**params.model_dump(include=_MODEL_KEYS))
     model.input_size = tuple(input_size)
     return model
 
 
-__all__ = ["DEFAULTS", "build", "fit"]
+DETECTOR = Detector(
+    name="draem",
+    summary="DRAEM: reconstruction + segmentation trained on synthetic anomalies, from scratch",
+    params=DraemParams,
+    build=build,
+    fit=fit,
+    tiny={"recon_base": 4, "recon_levels": 2, "disc_base": 4, "disc_levels": 2, "pool": 5},
+)
+
+__all__ = ["DETECTOR", "DraemParams", "build", "fit"]

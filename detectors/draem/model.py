@@ -2,7 +2,7 @@
 
 Same topology as the paper (an encoder-decoder that rebuilds the good appearance, a U-Net that compares input and
 reconstruction and segments the difference), with much narrower layers so it learns something in minutes on a CPU:
-the paper uses base widths 128 / 64, the defaults here are 8 / 8 and run at half resolution (see DEFAULTS).
+the paper uses base widths 128 / 64, the defaults here are 8 / 8 and run at half resolution (see DraemParams).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectors.registry import DetectorOutput
 from detectors.ssim_ae.model import GaussianBlur
 
 
@@ -145,10 +146,10 @@ class Draem(nn.Module):
         """Average-pool by `downscale` (identity when 1): the resolution the sub-networks see."""
         return F.avg_pool2d(x, self.downscale) if self.downscale > 1 else x
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> DetectorOutput:
         """Score (B,) and anomaly map (B, 1, H, W) = smoothed defect probability, for an RGB batch in [0, 1]."""
         _, seg = self.logits(x)
         prob = torch.softmax(seg, dim=1)[:, 1:2]
         pooled = F.avg_pool2d(prob, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False)
         score = pooled.flatten(1).amax(dim=1)
-        return score, self.smooth(prob)
+        return DetectorOutput(score, self.smooth(prob))

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from detectors.draem.model import Draem
 from detectors.draem.synth import synthesize
+from detectors.registry import FitContext
 from detectors.ssim_ae.model import SSIMMap
 from detectors.training import lr_factor, run_loop, sample_batch, start_fit
+
+if TYPE_CHECKING:
+    from detectors.draem import DraemParams
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
@@ -21,7 +26,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -
 
 
 def make_batch(
-    clean: torch.Tensor, sources: np.ndarray, rng: np.random.Generator, params: dict[str, Any]
+    clean: torch.Tensor, sources: np.ndarray, rng: np.random.Generator, params: DraemParams
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Synthesise anomalies into a batch of clean crops: returns (augmented (B,3,h,w), mask (B,h,w))."""
     imgs, masks = [], []
@@ -30,11 +35,11 @@ def make_batch(
             np.ascontiguousarray(t),
             sources,
             rng,
-            p_anomaly=params["p_anomaly"],
-            p_geometric=params["p_geometric"],
-            p_line=params["p_line"],
-            p_self=params["p_self"],
-            p_procedural=params["p_procedural"],
+            p_anomaly=params.p_anomaly,
+            p_geometric=params.p_geometric,
+            p_line=params.p_line,
+            p_self=params.p_self,
+            p_procedural=params.p_procedural,
         )
         imgs.append(img)
         masks.append(mask)
@@ -42,40 +47,30 @@ def make_batch(
     return aug, torch.from_numpy(np.stack(masks))
 
 
-def fit(
-    model: Draem,
-    images: np.ndarray,
-    *,
-    params: dict[str, Any],
-    seed: int,
-    max_minutes: float | None,
-    device: torch.device,
-    progress: bool = True,
-) -> dict[str, Any]:
+def fit(model: nn.Module, images: np.ndarray, params: DraemParams, ctx: FitContext) -> dict[str, Any]:
     """Train `model` (a Draem) on good images; returns {"loss": [...], "steps": N, "minutes": m}."""
-    from detectors.draem import DEFAULTS
-
-    params, rng, data = start_fit(model, Draem, "draem", DEFAULTS, params, seed, images)
+    model, data = start_fit(model, Draem, "draem", images)
+    rng, device = ctx.rng, ctx.device
     sources = np.ascontiguousarray(data.numpy().transpose(0, 2, 3, 1))
     ssim = SSIMMap(11, 1.5, 3).to(device)
     model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=params["lr"])
+    opt = torch.optim.Adam(model.parameters(), lr=params.lr)
 
     def step_fn(step: int, fraction: float) -> float:
         for group in opt.param_groups:
-            group["lr"] = params["lr"] * lr_factor(step, fraction, params["schedule"])
-        clean = sample_batch(data, rng, params["batch_size"], params["crop_size"], flip=params["flip"], jitter=0.0)
+            group["lr"] = params.lr * lr_factor(step, fraction, params.schedule)
+        clean = sample_batch(data, rng, params.batch_size, params.crop_size, flip=params.flip, jitter=0.0)
         aug, mask = make_batch(clean, sources, rng, params)
         clean, aug, mask = clean.to(device), aug.to(device), mask.to(device)
         recon, seg = model.logits(aug)
         clean = model.shrink(clean)
         loss_rec = F.mse_loss(recon, clean) + (1.0 - ssim(recon, clean)).mean()
-        loss = loss_rec + params["focal_weight"] * focal_loss(seg, mask, params["focal_gamma"])
+        loss = loss_rec + params.focal_weight * focal_loss(seg, mask, params.focal_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return float(loss.detach())
 
-    log = run_loop(step_fn, steps=int(params["steps"]), max_minutes=max_minutes, progress=progress, desc="draem")
+    log = run_loop(step_fn, steps=int(params.steps), max_minutes=ctx.max_minutes, progress=ctx.progress, desc="draem")
     model.eval()
     return log

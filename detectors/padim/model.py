@@ -10,12 +10,17 @@ maximum.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from detectors.backbones import FeatureExtractor
+from detectors.registry import DetectorOutput
+
+if TYPE_CHECKING:
+    from detectors.padim import PadimParams
 
 STRIDE = 8
 
@@ -36,7 +41,7 @@ class Padim(nn.Module):
     inv_cov: torch.Tensor
     kernel: torch.Tensor
 
-    def __init__(self, params: dict, input_size: tuple[int, int]) -> None:
+    def __init__(self, params: PadimParams, input_size: tuple[int, int]) -> None:
         super().__init__()
         h, w = input_size
         if h % STRIDE or w % STRIDE:
@@ -44,20 +49,20 @@ class Padim(nn.Module):
             raise ValueError(msg)
         self.input_size = (h, w)
         self.grid = (h // STRIDE, w // STRIDE)
-        self.backbone = FeatureExtractor(params["backbone"])
+        self.backbone = FeatureExtractor(params.backbone)
         total = sum(self.backbone.channels)
-        d = int(params["d"])
+        d = params.d
         if not 0 < d <= total:
-            msg = f"padim d must satisfy 0 < d <= {total} for backbone {params['backbone']}, found {d}"
+            msg = f"padim d must satisfy 0 < d <= {total} for backbone {params.backbone}, found {d}"
             raise ValueError(msg)
         # One Gaussian per patch position, or one shared by all positions (stationary textures: every position sees
         # the same statistics, so sharing multiplies the samples per Gaussian by the number of patches).
-        patches = 1 if params.get("shared") else self.grid[0] * self.grid[1]
-        gen = torch.Generator().manual_seed(int(params.get("channel_seed", 0)))
+        patches = 1 if params.shared else self.grid[0] * self.grid[1]
+        gen = torch.Generator().manual_seed(params.channel_seed)
         self.register_buffer("index", torch.randperm(total, generator=gen)[:d].sort().values)
         self.register_buffer("mean", torch.zeros(patches, d))
         self.register_buffer("inv_cov", torch.eye(d).repeat(patches, 1, 1))
-        self.register_buffer("kernel", gaussian_kernel(float(params["sigma"])))
+        self.register_buffer("kernel", gaussian_kernel(params.sigma))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Embedding (B, d, gh, gw): multi-scale features at stride 8, the chosen channel subset."""
@@ -90,9 +95,9 @@ class Padim(nn.Module):
         amap = F.conv2d(F.pad(amap, (r, r, 0, 0), mode="replicate"), kx)
         return F.conv2d(F.pad(amap, (0, 0, r, r), mode="replicate"), ky)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> DetectorOutput:
         """Raw image score (B,) and anomaly map (B, 1, H, W) at input size."""
         dist = self.distance(self.features(x)).unsqueeze(1)
         amap = F.interpolate(dist, size=self.input_size, mode="bilinear", align_corners=False)
         amap = self.smooth(amap)
-        return amap.flatten(1).amax(1), amap
+        return DetectorOutput(amap.flatten(1).amax(1), amap)

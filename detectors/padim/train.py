@@ -9,14 +9,21 @@ batched `linalg.inv` is broken for batches of 8 or more).
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from torch import nn
 
 from detectors.padim.model import Padim
+from detectors.progress import Progress
+from detectors.registry import FitContext
 from detectors.scoring import to_tensor
+from detectors.training import check_model
+
+if TYPE_CHECKING:
+    from detectors.padim import PadimParams
 
 
 def cholesky_inverse(cov: torch.Tensor) -> torch.Tensor:
@@ -25,29 +32,21 @@ def cholesky_inverse(cov: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_inverse(chol)
 
 
-def fit(
-    model: Padim,
-    images: np.ndarray,
-    *,
-    params: dict,
-    seed: int,
-    max_minutes: float | None = None,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-) -> dict:
+def fit(model: nn.Module, images: np.ndarray, params: PadimParams, ctx: FitContext) -> dict:
     """Set the model's per-patch mean and inverse covariance from good images; returns the training log."""
-    torch.manual_seed(seed)
+    model = check_model(model, Padim, "padim")
     start = time.monotonic()
-    model.backbone.load_weights(str(params["weights"]))
+    device, max_minutes, progress = ctx.device, ctx.max_minutes, ctx.progress
+    model.backbone.load_weights(params.weights)
     model.to(device).eval()
-    radius = int(params["neighbourhood"])
-    shared = bool(params.get("shared", False))
-    batch = int(params["batch_size"])
+    radius = params.neighbourhood
+    shared = params.shared
+    batch = params.batch_size
     n_seen = 0
     s1 = s2 = n = None
-    bar = tqdm(range(0, len(images), batch), desc="padim features", unit="batch", disable=not progress)
+    bar = Progress(len(images), "padim features", unit="image", enabled=progress)
     with torch.no_grad():
-        for i in bar:
+        for i in range(0, len(images), batch):
             emb = model.features(to_tensor(images[i : i + batch], device)).double()  # (B, d, gh, gw)
             b, d, gh, gw = emb.shape
             if shared:
@@ -66,6 +65,7 @@ def fit(
             s2 = second if s2 is None else s2 + second
             n = count if n is None else n + count
             n_seen += b
+            bar.update(b)
             if max_minutes is not None and (time.monotonic() - start) / 60 > max_minutes:
                 break
     if s1 is None or s2 is None or n is None:
@@ -75,13 +75,13 @@ def fit(
     cov = s2 / n.view(-1, 1, 1) - mean.unsqueeze(2) * mean.unsqueeze(1)
     d = cov.shape[-1]
     scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)  # (P,)
-    cov = cov + float(params["eps"]) * scale.view(-1, 1, 1) * torch.eye(d, dtype=cov.dtype, device=cov.device)
+    cov = cov + params.eps * scale.view(-1, 1, 1) * torch.eye(d, dtype=cov.dtype, device=cov.device)
     inv = cholesky_inverse(cov)
     model.mean.copy_(mean.float())
     model.inv_cov.copy_(inv.float())
     with torch.no_grad():
         emb = model.features(to_tensor(images[: min(len(images), batch)], device))
         loss = float((model.distance(emb) ** 2).mean().cpu()) / d  # ~1 in-sample: a sanity figure, not a loss
-    bar.set_postfix(loss=f"{loss:.3f}")
+    bar.update(0, loss=loss)
     bar.close()
     return {"loss": [loss], "steps": n_seen, "minutes": (time.monotonic() - start) / 60}

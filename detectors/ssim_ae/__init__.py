@@ -2,44 +2,54 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
-from torch import nn
+from pydantic import Field
 
+from detectors.registry import Detector, DetectorParams
 from detectors.ssim_ae.model import SSIMAutoencoder
 from detectors.ssim_ae.train import fit
-
-# Model and training parameters; a checkpoint stores the merged dict so it rebuilds the same model.
-DEFAULTS: dict[str, Any] = {
-    # model
-    "channels": 1,  # 1 = grey (the paper's choice for textures), 3 = RGB
-    "width": 32,  # channels of the first encoder stage, doubled per stage (capped at 8x)
-    "depth": 4,  # stride-2 stages: latent map at 1/16 of the input size
-    "latent": 16,  # latent channels: the bottleneck (16 x 16 x 16 at 256 x 256)
-    "residual": "ssim",  # "ssim" (1 - local SSIM) or "l2"
-    "ssim_window": 11,  # SSIM Gaussian window (pixels), as in the paper
-    "smooth_sigma": 4.0,  # Gaussian smoothing of the residual map (pixels, 0 = none)
-    # training
-    "steps": 3000,  # upper bound; max_minutes usually stops first on a CPU
-    "batch_size": 8,
-    "crop_size": 128,  # random crops of the input-size image
-    "lr": 5e-4,  # 2e-3 diverged (SSIM loss rose) on brick
-    "schedule": "cosine",  # "cosine": decays to 2 % by the end of steps or max_minutes; or "constant"
-    "weight_decay": 1e-5,
-    "l2_weight": 1.0,  # with residual "ssim": loss = (1 - SSIM) + l2_weight * MSE (pure SSIM starts slowly)
-    "flip": True,  # random horizontal/vertical flips
-    "jitter": 0.05,  # brightness/contrast jitter amplitude
-}
-
-_MODEL_KEYS = ("channels", "width", "depth", "latent", "residual", "ssim_window", "smooth_sigma")
+from detectors.training import Schedule
 
 
-def build(params: dict[str, Any], input_size: tuple[int, int]) -> nn.Module:
-    """Build an untrained SSIMAutoencoder from params (missing keys take DEFAULTS) for input_size=(h, w)."""
-    p = {**DEFAULTS, **params}
-    model = SSIMAutoencoder(**{k: p[k] for k in _MODEL_KEYS})
+class SSIMAEParams(DetectorParams):
+    """Model and training parameters; a checkpoint stores them so it rebuilds the same model."""
+
+    channels: Literal[1, 3] = Field(1, description="1 = grey (the paper's choice for textures), 3 = RGB")
+    width: int = Field(32, ge=1, le=512, description="channels of the first encoder stage, doubled per stage (max 8x)")
+    depth: int = Field(4, ge=1, le=7, description="stride-2 stages: latent map at 1/2**depth of the input size")
+    latent: int = Field(16, ge=1, le=1024, description="latent channels: the bottleneck")
+    residual: Literal["ssim", "l2"] = Field("ssim", description="residual map: 1 - local SSIM, or squared error")
+    ssim_window: int = Field(11, ge=3, le=31, description="SSIM Gaussian window (px), as in the paper")
+    smooth_sigma: float = Field(4.0, ge=0, le=32, description="Gaussian smoothing of the residual map (px, 0 = none)")
+    steps: int = Field(3000, ge=1, description="training steps (upper bound; --max-minutes may stop first)")
+    batch_size: int = Field(8, ge=1, le=256, description="crops per step")
+    crop_size: int = Field(128, ge=16, description="random crops of the input-size image (px)")
+    lr: float = Field(5e-4, gt=0, le=1, description="Adam learning rate (2e-3 diverged on brick)")
+    schedule: Schedule = Field("cosine", description="cosine decay to 2 % by the end of the budget, or constant")
+    weight_decay: float = Field(1e-5, ge=0, le=1, description="AdamW weight decay")
+    l2_weight: float = Field(1.0, ge=0, description="with residual ssim: loss = (1 - SSIM) + l2_weight x MSE")
+    flip: bool = Field(True, description="random horizontal/vertical flips")
+    jitter: float = Field(0.05, ge=0, le=0.5, description="brightness/contrast jitter amplitude")
+
+
+_MODEL_KEYS = {"channels", "width", "depth", "latent", "residual", "ssim_window", "smooth_sigma"}
+
+
+def build(params: SSIMAEParams, input_size: tuple[int, int]) -> SSIMAutoencoder:
+    """An untrained SSIMAutoencoder for input_size=(h, w)."""
+    model = SSIMAutoencoder(**params.model_dump(include=_MODEL_KEYS))
     model.input_size = tuple(input_size)
     return model
 
 
-__all__ = ["DEFAULTS", "build", "fit"]
+DETECTOR = Detector(
+    name="ssim_ae",
+    summary="SSIM autoencoder: reconstruction residual (1 - SSIM), trained from scratch",
+    params=SSIMAEParams,
+    build=build,
+    fit=fit,
+    tiny={"width": 8, "depth": 2, "latent": 4},
+)
+
+__all__ = ["DETECTOR", "SSIMAEParams", "build", "fit"]

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectors.registry import DetectorOutput
+
 # ITU-R BT.601 luma weights: the SSIM is computed on grey levels, as in the paper.
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -166,10 +168,10 @@ class SSIMAutoencoder(nn.Module):
             return 1.0 - self.ssim(x, recon)
         return ((x - recon) ** 2).mean(dim=1, keepdim=True)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> DetectorOutput:
         """Score (B,) and anomaly map (B, 1, H, W) for an RGB batch in [0, 1]."""
         g = self.prepare(x)
         recon = self.reconstruct(g)
         amap = self.smooth(self.residual_map(g, recon))
         score = amap.flatten(1).amax(dim=1)
-        return score, amap
+        return DetectorOutput(score, amap)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from detectors import registry
 from detectors.checkpoint import CheckpointError, CheckpointMeta, load, provisional_thresholds, save
-from detectors.padim import build
 
 
 class TestCheckpoint:
@@ -23,14 +23,14 @@ class TestCheckpoint:
         p = meta.provisional
         assert p["image"] > p["offset"] and p["pixel"] > p["offset"]
         x = torch.rand(2, 3, 64, 64)
-        again = build(meta.params, (64, 64))
+        again = registry.build("padim", meta.params, (64, 64))
         again.load_state_dict(raw["state_dict"])
         with torch.no_grad():
             torch.testing.assert_close(model(x)[1], again.eval()(x)[1])
 
     def test_save_then_load_untrained(self, tmp_path):
         """save/load keep every meta field."""
-        model = build({"d": 8, "weights": "random"}, (32, 32))
+        model = registry.build("padim", {"d": 8, "weights": "random"}, (32, 32))
         meta = CheckpointMeta(
             "padim",
             {"d": 8, "weights": "random"},

@@ -10,7 +10,7 @@ from onnx_parity import assert_onnx_parity
 
 torch = pytest.importorskip("torch")
 
-from detectors import draem  # noqa: E402
+from detectors import draem, registry  # noqa: E402
 from detectors.draem.synth import (  # noqa: E402
     geometric_anomaly,
     line_anomaly,
@@ -18,6 +18,7 @@ from detectors.draem.synth import (  # noqa: E402
     perlin_noise,
     synthesize,
 )
+from detectors.training import seed_everything  # noqa: E402
 
 TINY = {"recon_base": 4, "recon_levels": 3, "disc_base": 4, "disc_levels": 3, "batch_size": 4, "crop_size": 32}
 
@@ -31,11 +32,14 @@ def _texture(n: int = 3, size: int = 48) -> np.ndarray:
     return np.stack([np.stack([im * 0.9, im, im * 0.8], axis=-1) for im in imgs]).astype(np.uint8)
 
 
-def _fit(model: torch.nn.Module, steps: int, seed: int = 0, **over: object) -> dict:
-    params = {**draem.DEFAULTS, **TINY, "steps": steps, **over}
-    return draem.fit(
-        model, _texture(), params=params, seed=seed, max_minutes=None, device=torch.device("cpu"), progress=False
-    )
+def _build(params: dict, size: tuple[int, int]) -> torch.nn.Module:
+    return registry.build("draem", params, size)
+
+
+def _fit(model: torch.nn.Module, steps: int, seed: int = 0, max_minutes: float | None = None, **over: object) -> dict:
+    params = draem.DETECTOR.make_params({**TINY, "steps": steps, **over})
+    ctx = registry.FitContext(seed_everything(seed), torch.device("cpu"), max_minutes=max_minutes, progress=False)
+    return draem.fit(model, _texture(), params, ctx)
 
 
 class TestPerlin:
@@ -134,7 +138,7 @@ class TestDraem:
     )
     def test_eval_forward_shapes(self, downscale: int, size: tuple[int, int]) -> None:
         """Eval forward returns float32 score (B,) and a probability map (B, 1, H, W) in [0, 1] at input size."""
-        model = draem.build({**TINY, "downscale": downscale}, size).eval()
+        model = _build({**TINY, "downscale": downscale}, size).eval()
         with torch.no_grad():
             score, amap = model(torch.rand(2, 3, *size))
         assert score.shape == (2,)
@@ -149,13 +153,13 @@ class TestFit:
     def test_loss_falls(self) -> None:
         """A few steps with synthetic anomalies lower the reconstruction + focal loss."""
         torch.manual_seed(0)  # initial weights come from torch's global generator
-        log = _fit(draem.build(TINY, (48, 48)), steps=40, lr=3e-3)
+        log = _fit(_build(TINY, (48, 48)), steps=40, lr=3e-3)
         assert log["steps"] == 40
         assert np.mean(log["loss"][-5:]) < 0.7 * np.mean(log["loss"][:5])
 
     def test_reproducible(self) -> None:
         """The same seed gives the same losses and weights."""
-        a, b = draem.build(TINY, (48, 48)), draem.build(TINY, (48, 48))
+        a, b = _build(TINY, (48, 48)), _build(TINY, (48, 48))
         a.load_state_dict(b.state_dict())
         la, lb = _fit(a, steps=2, seed=5), _fit(b, steps=2, seed=5)
         assert la["loss"] == lb["loss"]
@@ -164,11 +168,8 @@ class TestFit:
 
     def test_wall_clock_budget_stops(self) -> None:
         """A zero-minute budget stops after the first step and leaves the model in eval mode."""
-        model = draem.build(TINY, (48, 48))
-        params = {**draem.DEFAULTS, **TINY, "steps": 1000}
-        log = draem.fit(
-            model, _texture(), params=params, seed=0, max_minutes=0.0, device=torch.device("cpu"), progress=False
-        )
+        model = _build(TINY, (48, 48))
+        log = _fit(model, steps=1000, max_minutes=0.0)
         assert log["steps"] == 1
         assert not model.training
 
@@ -179,6 +180,6 @@ class TestOnnx:
     @pytest.mark.parametrize("downscale", [1, 2])
     def test_export_parity_dynamic_batch(self, tmp_path: Path, downscale: int) -> None:
         """The ONNX graph (opset 17, dynamic batch) matches torch within 1e-4 at another batch size."""
-        model = draem.build({**TINY, "downscale": downscale}, (32, 32))
+        model = _build({**TINY, "downscale": downscale}, (32, 32))
         _fit(model, steps=1)  # moves BatchNorm running stats off their defaults
         assert_onnx_parity(model, tmp_path / "draem.onnx")

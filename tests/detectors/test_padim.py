@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from edge.evaluation.dataset import read_category, read_image
+from detectors import registry
 from detectors.implants import IMPLANTS
-from detectors.padim import DEFAULTS, build, fit
 from detectors.padim.train import cholesky_inverse
 from detectors.scoring import predict
-from edge.evaluation.dataset import read_category, read_image
 
 TINY = {"d": 24}
 
@@ -20,9 +20,7 @@ def fitted(tiny_dataset):
     """PaDiM (ImageNet EfficientNet-Lite0, d=24) fitted on the tiny brick category."""
     cat = read_category(tiny_dataset / "brick")
     images = np.stack([read_image(p, (64, 64)) for p in cat.train])
-    params = {**DEFAULTS, **TINY}
-    model = build(params, (64, 64))
-    log = fit(model, images, params=params, seed=0, max_minutes=None, device="cpu", progress=False)
+    model, _, log = registry.train("padim", images, TINY, (64, 64), progress=False)
     return model, log, cat
 
 
@@ -75,21 +73,18 @@ class TestPadim:
         """`shared` fits one Gaussian for all positions."""
         _, _, cat = fitted
         images = np.stack([read_image(p, (64, 64)) for p in cat.train])
-        params = {**DEFAULTS, **TINY, "shared": True}
-        model = build(params, (64, 64))
-        fit(model, images, params=params, seed=0, device="cpu", progress=False)
+        model, _, _ = registry.train("padim", images, {**TINY, "shared": True}, (64, 64), progress=False)
         assert model.inv_cov.shape == (1, 24, 24)
         scores, maps = predict(model, images[:2])
         assert np.isfinite(scores).all() and maps.shape == (2, 64, 64)
 
     def test_random_backbone_warns(self):
         """The random-weights control says it is a control."""
-        params = {**DEFAULTS, "d": 8, "weights": "random"}
-        model = build(params, (32, 32))
+        model = registry.build("padim", {"d": 8, "weights": "random"}, (32, 32))
         with pytest.warns(UserWarning, match="control"):
             model.backbone.load_weights("random")
 
     def test_bad_d_is_rejected(self):
         """A `d` larger than the feature channels is a clear error."""
         with pytest.raises(ValueError, match="0 < d <= 176"):
-            build({"d": 500}, (64, 64))
+            registry.build("padim", {"d": 500}, (64, 64))

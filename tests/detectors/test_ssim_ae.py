@@ -10,9 +10,9 @@ from onnx_parity import assert_onnx_parity
 
 torch = pytest.importorskip("torch")
 
-from detectors import ssim_ae  # noqa: E402
+from detectors import registry, ssim_ae  # noqa: E402
 from detectors.ssim_ae.model import SSIMMap  # noqa: E402
-from detectors.training import lr_factor  # noqa: E402
+from detectors.training import lr_factor, seed_everything  # noqa: E402
 
 # constant lr: 60 steps are too few for warm-up plus cosine decay to show a falling loss
 TINY = {"width": 8, "depth": 3, "latent": 8, "batch_size": 4, "crop_size": 32, "lr": 3e-3, "schedule": "constant"}
@@ -27,11 +27,14 @@ def _stripes(n: int = 3, size: int = 48) -> np.ndarray:
     return np.stack([np.stack([im] * 3, axis=-1) for im in imgs]).astype(np.uint8)
 
 
-def _fit(model: torch.nn.Module, steps: int, seed: int = 0) -> dict:
-    params = {**ssim_ae.DEFAULTS, **TINY, "steps": steps}
-    return ssim_ae.fit(
-        model, _stripes(), params=params, seed=seed, max_minutes=None, device=torch.device("cpu"), progress=False
-    )
+def _build(params: dict, size: tuple[int, int]) -> torch.nn.Module:
+    return registry.build("ssim_ae", params, size)
+
+
+def _fit(model: torch.nn.Module, steps: int, seed: int = 0, max_minutes: float | None = None, images=None) -> dict:
+    params = ssim_ae.DETECTOR.make_params({**TINY, "steps": steps})
+    ctx = registry.FitContext(seed_everything(seed), torch.device("cpu"), max_minutes=max_minutes, progress=False)
+    return ssim_ae.fit(model, _stripes() if images is None else images, params, ctx)
 
 
 class TestSSIMMap:
@@ -61,7 +64,7 @@ class TestSSIMAutoencoder:
     )
     def test_eval_forward_shapes(self, channels: int, residual: str, size: tuple[int, int]) -> None:
         """Eval forward returns float32 score (B,) and map (B, 1, H, W) at the input size."""
-        model = ssim_ae.build({**TINY, "channels": channels, "residual": residual}, size).eval()
+        model = _build({**TINY, "channels": channels, "residual": residual}, size).eval()
         with torch.no_grad():
             score, amap = model(torch.rand(2, 3, *size))
         assert score.shape == (2,)
@@ -70,8 +73,8 @@ class TestSSIMAutoencoder:
 
     def test_rejects_unknown_residual(self) -> None:
         """An unknown residual name fails at build time with the value in the message."""
-        with pytest.raises(ValueError, match="cosine"):
-            ssim_ae.build({"residual": "cosine"}, (32, 32))
+        with pytest.raises(registry.DetectorError, match="residual='cosine'"):
+            _build({"residual": "cosine"}, (32, 32))
 
 
 class TestFit:
@@ -80,14 +83,14 @@ class TestFit:
     def test_loss_falls(self) -> None:
         """A few dozen steps on a stripe texture lower the SSIM loss."""
         torch.manual_seed(0)  # initial weights come from torch's global generator
-        log = _fit(ssim_ae.build(TINY, (48, 48)), steps=60)
+        log = _fit(_build(TINY, (48, 48)), steps=60)
         assert log["steps"] == 60
         assert len(log["loss"]) == 60
         assert np.mean(log["loss"][-5:]) < 0.6 * np.mean(log["loss"][:5])
 
     def test_reproducible(self) -> None:
         """The same seed gives the same losses and weights."""
-        a, b = ssim_ae.build(TINY, (48, 48)), ssim_ae.build(TINY, (48, 48))
+        a, b = _build(TINY, (48, 48)), _build(TINY, (48, 48))
         a.load_state_dict(b.state_dict())
         la, lb = _fit(a, steps=3, seed=7), _fit(b, steps=3, seed=7)
         assert la["loss"] == lb["loss"]
@@ -96,11 +99,8 @@ class TestFit:
 
     def test_wall_clock_budget_stops(self) -> None:
         """A zero-minute budget stops after the first step."""
-        model = ssim_ae.build(TINY, (48, 48))
-        params = {**ssim_ae.DEFAULTS, **TINY, "steps": 1000}
-        log = ssim_ae.fit(
-            model, _stripes(), params=params, seed=0, max_minutes=0.0, device=torch.device("cpu"), progress=False
-        )
+        model = _build(TINY, (48, 48))
+        log = _fit(model, steps=1000, max_minutes=0.0)
         assert log["steps"] == 1
         assert log["minutes"] >= 0
         assert not model.training
@@ -108,15 +108,7 @@ class TestFit:
     def test_rejects_float_images(self) -> None:
         """Training images must be uint8 BGR; anything else fails with the found dtype."""
         with pytest.raises(ValueError, match="float64"):
-            ssim_ae.fit(
-                ssim_ae.build(TINY, (48, 48)),
-                np.zeros((1, 48, 48, 3)),
-                params=TINY,
-                seed=0,
-                max_minutes=None,
-                device=torch.device("cpu"),
-                progress=False,
-            )
+            _fit(_build(TINY, (48, 48)), steps=1, images=np.zeros((1, 48, 48, 3)))
 
 
 class TestLrFactor:
@@ -140,4 +132,4 @@ class TestOnnx:
 
     def test_export_parity_dynamic_batch(self, tmp_path: Path) -> None:
         """The ONNX graph (opset 17, dynamic batch) matches torch within 1e-4 at another batch size."""
-        assert_onnx_parity(ssim_ae.build(TINY, (32, 32)), tmp_path / "ssim_ae.onnx")
+        assert_onnx_parity(_build(TINY, (32, 32)), tmp_path / "ssim_ae.onnx")

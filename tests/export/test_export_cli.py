@@ -57,11 +57,11 @@ class TestExportCli:
     def test_checkpoint_to_bundle(self, tmp_path, capsys):
         """A real detector checkpoint (ssim_ae, tiny) exports to a verified bundle with its provisional thresholds."""
         checkpoint = pytest.importorskip("detectors.checkpoint")
-        from detectors import ssim_ae
+        from detectors import registry
 
         params = {"width": 8, "depth": 2, "latent": 4}
         torch.manual_seed(0)
-        model = ssim_ae.build(params, (64, 64)).eval()
+        model = registry.build("ssim_ae", params, (64, 64)).eval()
         meta = checkpoint.CheckpointMeta(
             detector="ssim_ae",
             params=params,

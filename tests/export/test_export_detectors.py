@@ -1,17 +1,16 @@
 """Every registered detector, untrained, with tiny parameters: export parity with torch and TensorRT's parser rules.
 
-The detectors come from the registry (`detectors.DETECTORS`), so a new detector is covered the day it registers:
-it fails here until it has tiny parameters in `TINY`.
+The detectors come from the registry (`detectors.registry`), each with the `tiny` params it declares, so a new
+detector is covered the day it registers.
 """
 
-import importlib
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from detectors import DETECTORS
+from detectors import registry
 from edge.bundle import load_bundle
 from export.build import export_bundle
 from export.parity import MAP_TOLERANCE, synthetic_images
@@ -19,23 +18,16 @@ from export.trt_rules import check_trt_graph
 
 torch.set_num_threads(1)
 SIZE = (64, 64)
-TINY = {
-    "ssim_ae": {"width": 8, "depth": 2, "latent": 4},
-    "padim": {"weights": "random", "d": 10},
-    "draem": {"recon_base": 4, "recon_levels": 2, "disc_base": 4, "disc_levels": 2, "pool": 5},
-}
-
 
 class TestDetectorParity:
     """Every registered detector exports with parity, into a graph TensorRT's ONNX parser takes."""
 
-    @pytest.mark.parametrize("name", sorted(DETECTORS))
+    @pytest.mark.parametrize("name", registry.names())
     def test_parity(self, name, tmp_path):
         """Each detector exports with parity (ONNX Runtime within 1e-3 of torch) into a graph TensorRT parses."""
-        assert name in TINY, f"detector {name!r} has no tiny parameters: add them to TINY so its export is tested"
-        module = importlib.import_module(DETECTORS[name])
+        tiny = dict(registry.get(name).tiny)
         torch.manual_seed(0)
-        model = module.build(TINY[name], SIZE).eval()
+        model = registry.build(name, tiny, SIZE).eval()
         images = synthetic_images(16, SIZE)
         with torch.no_grad():
             x = torch.from_numpy(images).permute(0, 3, 1, 2).float()[:, [2, 1, 0]] / 255
@@ -43,7 +35,7 @@ class TestDetectorParity:
         median = float(np.median(scores))  # half the images fail: verdicts are compared on both sides
         meta = SimpleNamespace(
             detector=name,
-            params=TINY[name],
+            params=tiny,
             input_size=SIZE,
             training={},
             provisional={"offset": median - 1.0, "image": median, "pixel": median},  # unit scale: raw diff = map diff

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.evaluation.dataset import list_images, read_image, tree_hash
 from detectors import registry
 from edge.errors import InspectdError
+from edge.evaluation.dataset import list_images, read_image, tree_hash
 
 
 class TrainError(InspectdError):

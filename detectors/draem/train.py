@@ -49,12 +49,12 @@ def make_batch(
 
 def fit(model: nn.Module, images: np.ndarray, params: DraemParams, ctx: FitContext) -> dict[str, Any]:
     """Train `model` (a Draem) on good images; returns {"loss": [...], "steps": N, "minutes": m}."""
-    model, data = start_fit(model, Draem, "draem", images)
+    net, data = start_fit(model, Draem, "draem", images)
     rng, device = ctx.rng, ctx.device
     sources = np.ascontiguousarray(data.numpy().transpose(0, 2, 3, 1))
     ssim = SSIMMap(11, 1.5, 3).to(device)
-    model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=params.lr)
+    net.to(device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=params.lr)
 
     def step_fn(step: int, fraction: float) -> float:
         for group in opt.param_groups:
@@ -62,8 +62,8 @@ def fit(model: nn.Module, images: np.ndarray, params: DraemParams, ctx: FitConte
         clean = sample_batch(data, rng, params.batch_size, params.crop_size, flip=params.flip, jitter=0.0)
         aug, mask = make_batch(clean, sources, rng, params)
         clean, aug, mask = clean.to(device), aug.to(device), mask.to(device)
-        recon, seg = model.logits(aug)
-        clean = model.shrink(clean)
+        recon, seg = net.logits(aug)
+        clean = net.shrink(clean)
         loss_rec = F.mse_loss(recon, clean) + (1.0 - ssim(recon, clean)).mean()
         loss = loss_rec + params.focal_weight * focal_loss(seg, mask, params.focal_gamma)
         opt.zero_grad(set_to_none=True)
@@ -72,5 +72,5 @@ def fit(model: nn.Module, images: np.ndarray, params: DraemParams, ctx: FitConte
         return float(loss.detach())
 
     log = run_loop(step_fn, steps=int(params.steps), max_minutes=ctx.max_minutes, progress=ctx.progress, desc="draem")
-    model.eval()
+    net.eval()
     return log

@@ -18,10 +18,10 @@ if TYPE_CHECKING:
 
 def fit(model: nn.Module, images: np.ndarray, params: SSIMAEParams, ctx: FitContext) -> dict[str, Any]:
     """Train `model` (an SSIMAutoencoder) on good images; returns {"loss": [...], "steps": N, "minutes": m}."""
-    model, data = start_fit(model, SSIMAutoencoder, "ssim_ae", images)
+    ae, data = start_fit(model, SSIMAutoencoder, "ssim_ae", images)
     rng, device = ctx.rng, ctx.device
-    model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    ae.to(device).train()
+    opt = torch.optim.AdamW(ae.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     steps = int(params.steps)
 
     def step_fn(step: int, fraction: float) -> float:
@@ -30,17 +30,17 @@ def fit(model: nn.Module, images: np.ndarray, params: SSIMAEParams, ctx: FitCont
         x = sample_batch(
             data, rng, params.batch_size, params.crop_size, flip=params.flip, jitter=params.jitter
         ).to(device)
-        g = model.prepare(x)
-        recon = model.reconstruct(g)
+        g = ae.prepare(x)
+        recon = ae.reconstruct(g)
         loss = ((g - recon) ** 2).mean()
-        if model.residual == "ssim":
+        if ae.residual == "ssim":
             # The L2 term pulls the reconstruction off its flat start, where SSIM's gradient is tiny.
-            loss = (1.0 - model.ssim(g, recon)).mean() + params.l2_weight * loss
+            loss = (1.0 - ae.ssim(g, recon)).mean() + params.l2_weight * loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return float(loss.detach())
 
     log = run_loop(step_fn, steps=steps, max_minutes=ctx.max_minutes, progress=ctx.progress, desc="ssim_ae")
-    model.eval()
+    ae.eval()
     return log

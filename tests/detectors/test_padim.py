@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from edge.evaluation.dataset import read_category, read_image
 from detectors import registry
 from detectors.implants import IMPLANTS
 from detectors.padim.train import cholesky_inverse
 from detectors.scoring import predict
+from edge.evaluation.dataset import read_category, read_image
 
 TINY = {"d": 24}
 

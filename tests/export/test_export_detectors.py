@@ -19,6 +19,7 @@ from export.trt_rules import check_trt_graph
 torch.set_num_threads(1)
 SIZE = (64, 64)
 
+
 class TestDetectorParity:
     """Every registered detector exports with parity, into a graph TensorRT's ONNX parser takes."""
 

@@ -160,7 +160,7 @@ def decide(
     faster = int8_ms < MARGIN * fp32_ms
     verb = "measured" if source == "measured" else f"measured {entry.get('measured', 'earlier')}, cached"
     reason = (f"auto: INT8 {int8_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms on {cpu['model']} ({verb}); "
-              f"INT8 {'is' if faster else 'is not'} faster by {100 * (1 - MARGIN):.0f}%")
+              f"{'INT8' if faster else 'FP32'}: INT8 runs only when at least {100 * (1 - MARGIN):.0f}% faster")
     return Decision("int8" if faster else "fp32", int8_file if faster else fp32_file, reason, source,
                     fp32_ms, int8_ms)
 

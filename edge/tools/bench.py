@@ -507,6 +507,9 @@ def bench(
         "cpu_ratio_bare_over_daemon": _median_cpu_ratio(rounds),
         "daemon_p99_ms": daemon["latency_ms"]["p99"],
         "rounds": [{phase: r[phase]["throughput_fps"] for phase in r} for r in rounds],
+        "rounds_cpu_ms_per_frame": [
+            {"bare": r["bare"]["cpu_ms_per_frame"], "daemon": r["daemon"]["cpu_ms_per_frame_steady"]} for r in rounds
+        ],
         "rss_start_mb": rss_start,
         "rss_end_mb": rss_mb(),
         "peak_rss_mb": peak_rss_mb(),

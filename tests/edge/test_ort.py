@@ -48,6 +48,12 @@ class TestOrtBackend:
         first = backend.wait(a)
         assert first.score.shape == (1,) and float(first.score[0]) == pytest.approx(2.0)
         assert np.shares_memory(first.anomaly_map, a.outputs[1])
+        a.input[0] = blob_frame(32, 48, None)  # same slot and batch size again: the kept binding sees the new pixels
+        backend.submit(a, 1)
+        assert float(backend.wait(a).score[0]) < 1.0
+        a.input[0] = blob_frame(32, 48, (3, 3, 4, 4))
+        backend.submit(a, 1)
+        assert float(backend.wait(a).score[0]) == pytest.approx(2.0)
         backend.release(a)
         backend.release(b)
         with pytest.raises(ValueError, match="batch of 3"):

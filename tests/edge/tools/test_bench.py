@@ -45,6 +45,7 @@ class TestBench:
         assert result["ratio_daemon_over_bare"] > 0
         assert result["ratio_daemon_over_naive"] > 0
         assert result["daemon"]["cpu_ms_per_frame_steady"] > 0 and result["cpu_ratio_bare_over_daemon"] > 0
+        assert [set(r) for r in result["rounds_cpu_ms_per_frame"]] == [{"bare", "daemon"}]
         assert result["rss_start_mb"] > 0 and result["rss_end_mb"] > 0 and result["peak_rss_mb"] > 0
         printed = capsys.readouterr().out
         assert "daemon/bare" in printed and "daemon/naive" in printed

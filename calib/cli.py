@@ -1,10 +1,12 @@
 """`inspectd calibrate`: thresholds from held-out good images (and defect samples if any), INT8 flavours. No torch.
 
     inspectd calibrate --bundle BUNDLE_DIR --good DIR [--defects DIR_WITH_MASKS] [--margin 1.1 | --quantile Q]
-                       [--int8/--no-int8] [--eval DIR/CATEGORY]
+                       [--folds K] [--int8/--no-int8] [--eval DIR/CATEGORY]
 
 The bundle's own ONNX graph scores the images (ONNX Runtime, CPU), so what is calibrated is exactly what the daemon
-runs. Thresholds are written into every graph of the bundle and into bundle.json, which is then re-hashed.
+runs. Thresholds are written into every graph of the bundle and into bundle.json, which is then re-hashed. The
+false-reject and escape rates are given in-sample and as stratified k-fold estimates (calib/crossval.py), and the
+evidence (histograms, ROC, confusion matrix) is drawn into the bundle folder as calibration.png (calib/figure.py).
 """
 
 from __future__ import annotations
@@ -15,12 +17,25 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from calib.crossval import FoldRates, cross_validate
 from calib.int8 import EvalSet, evaluate, make_flavours
-from calib.thresholds import MIN_GOOD, Scored, choose, describe, require_good, to_raw, write_thresholds
-from edge.bundle import Bundle, BundleMeta, Thresholds, load_bundle, write_bundle
+from calib.thresholds import (
+    MIN_GOOD,
+    Scored,
+    choose,
+    describe,
+    image_rule,
+    pooled,
+    require_good,
+    to_raw,
+    write_thresholds,
+)
+from edge.bundle import EVIDENCE_PNG, Bundle, BundleMeta, Thresholds, load_bundle, write_bundle
 from edge.errors import DatasetError
 from edge.evaluation.dataset import Sample, list_images, read_category, read_image, read_mask
 from export.runtime import run_model
+
+DEFAULT_FOLDS = 3  # the write-up's stratified 3-fold
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--int8", action=argparse.BooleanOptionalAction, default=True, help="make INT8 Q/DQ flavours (default: yes)"
     )
     parser.add_argument("--eval", type=Path, help="MVTec category for the INT8 accuracy gate (default: --defects)")
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        help="stratified k-fold out-of-sample rates beside the in-sample ones (default 3 where every class has 3 "
+        "images; 0 = off)",
+    )
     parser.add_argument("--min-good", type=int, default=MIN_GOOD, help="refuse fewer good images (default %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default %(default)s)")
 
@@ -57,8 +79,18 @@ def run(args: argparse.Namespace) -> int:
         score(bundle, defects_set.images, defects_set.labels, defects_set.masks, args.threads) if defects_set else None
     )
     thresholds = choose(good, defects, margin=args.margin, quantile=args.quantile)
+    rates = out_of_sample(good, defects, args)
+    if rates is not None:
+        thresholds = thresholds.model_copy(
+            update={
+                "cv_folds": rates.folds,
+                "cv_false_reject_rate": rates.false_reject_rate,
+                "cv_escape_rate": rates.escape_rate,
+            }
+        )
     meta = apply_thresholds(bundle, thresholds)
     print(describe(thresholds))
+    print(draw(bundle, thresholds, good, defects, rates))
 
     evaluation = load_eval_set(args.eval, size) if args.eval else defects_set
     fp32_metrics = evaluate(bundle.onnx_path, evaluation, args.threads) if evaluation is not None else None
@@ -74,6 +106,36 @@ def run(args: argparse.Namespace) -> int:
     written = write_bundle(bundle.path, meta)
     print(f"bundle {bundle.path} updated: model.onnx {written.short_hash}")
     return 0
+
+
+def out_of_sample(good: Scored, defects: Scored | None, args: argparse.Namespace) -> FoldRates | None:
+    """k-fold rates of the same threshold rule, or None when switched off (or, by default, too few images)."""
+    if args.folds == 0:
+        return None
+    scores, labels = pooled(good, defects)
+    if defects is None or not np.any(labels == 1):
+        scores, labels = scores[: len(good.scores)], labels[: len(good.scores)]
+    k = DEFAULT_FOLDS if args.folds is None else args.folds
+    counts = [int(np.sum(labels == c)) for c in (0, 1) if np.any(labels == c)]
+    if args.folds is None and min(counts) < k:
+        print(f"{k}-fold out-of-sample rates skipped: a class has only {min(counts)} images (give --folds)")
+        return None
+    return cross_validate(scores, labels, image_rule(args.margin, args.quantile), k)
+
+
+def draw(bundle: Bundle, t: Thresholds, good: Scored, defects: Scored | None, rates: FoldRates | None) -> str:
+    """The evidence PNG in the bundle folder (normalised scores, threshold 1.0); returns the line to print."""
+    try:
+        from calib.figure import draw_evidence
+    except ImportError as exc:  # matplotlib comes with the train extra
+        return f"calibration figure not drawn: {exc} (pip install 'inspectd[train]')"
+    scores, labels = pooled(good, defects)
+    normalised = (scores - t.offset) / (t.image - t.offset)
+    title = f"{bundle.meta.name} ({bundle.meta.detector}): {t.method}"
+    evidence = draw_evidence(
+        bundle.file(EVIDENCE_PNG), normalised[labels == 0], normalised[labels == 1], title=title, rates=rates
+    )
+    return f"calibration figure {evidence.path}"
 
 
 def score(bundle: Bundle, images: np.ndarray, labels: np.ndarray, masks: np.ndarray | None, threads: int) -> Scored:

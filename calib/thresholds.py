@@ -8,6 +8,7 @@ outputs back into raw values, picks new thresholds, and rewrites the three initi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,16 +88,15 @@ def choose(
         msg = "the model produced non-finite scores on good images; the bundle is broken, re-export it"
         raise CalibrationError(msg)
     offset = float(np.median(scores))
-    image = _good_rule(scores, margin, quantile)
+    has_defects = defects is not None and bool(np.any(defects.labels == 1))
+    all_scores, labels = pooled(good, defects if has_defects else None)
+    image = image_rule(margin, quantile)(all_scores, labels)
     pixel = _good_rule(peaks, margin, quantile)
     rule = f"median + {margin:g} x (max - median)" if margin is not None else f"quantile {quantile:g}"
     method = f"good-only: {rule} of {len(scores)} good images"
     n_defect = 0
     escape: float | None = None
-    if defects is not None and np.any(defects.labels == 1):
-        all_scores = np.concatenate([scores, defects.scores.astype(np.float64)])
-        labels = np.concatenate([np.zeros(len(scores), int), defects.labels.astype(int)])
-        _, image = f1_max(labels, all_scores)
+    if defects is not None and has_defects:
         method = f"F1-optimal on {int(np.sum(labels == 0))} good + {int(np.sum(labels == 1))} defective images"
         if defects.masks is not None and np.any(defects.masks):
             pixel = _pixel_f1(good, defects)
@@ -118,6 +118,29 @@ def choose(
         expected_false_reject_rate=float(np.mean(scores >= image)),
         expected_escape_rate=escape,
     )
+
+
+def pooled(good: Scored, defects: Scored | None) -> tuple[np.ndarray, np.ndarray]:
+    """Image scores (float64) and labels of the good images followed by the defect set's (which may hold good ones)."""
+    if defects is None:
+        return good.scores.astype(np.float64), np.zeros(len(good.scores), int)
+    scores = np.concatenate([good.scores.astype(np.float64), defects.scores.astype(np.float64)])
+    return scores, np.concatenate([np.zeros(len(good.scores), int), defects.labels.astype(int)])
+
+
+def image_rule(margin: float | None, quantile: float | None) -> Callable[[np.ndarray, np.ndarray], float]:
+    """The image-threshold rule of `choose` as rule(scores, labels), so cross-validation can refit it on every fold.
+
+    F1-optimal when defects are among the labels, else the good-only rule (margin, default 1.1, or quantile).
+    """
+    margin = DEFAULT_MARGIN if margin is None and quantile is None else margin
+
+    def rule(scores: np.ndarray, labels: np.ndarray) -> float:
+        if np.any(labels == 1):
+            return f1_max(labels, scores)[1]
+        return _good_rule(scores[labels == 0], margin, quantile)
+
+    return rule
 
 
 def _good_rule(values: np.ndarray, margin: float | None, quantile: float | None) -> float:
@@ -157,11 +180,18 @@ def describe(t: Thresholds) -> str:
     """Operator-facing summary of calibrated thresholds and the rates they imply on the data given."""
     fr = "n/a" if t.expected_false_reject_rate is None else f"{100 * t.expected_false_reject_rate:.1f}%"
     esc = "n/a (no defective samples)" if t.expected_escape_rate is None else f"{100 * t.expected_escape_rate:.1f}%"
-    return (
+    text = (
         f"thresholds ({t.method}): image {t.image:.5g}, pixel {t.pixel:.5g}, offset {t.offset:.5g}\n"
         f"expected false-reject rate {fr} of {t.n_good} good images; expected escape rate {esc}"
         + (f" of {t.n_defect} defective images" if t.n_defect else "")
+        + " (in-sample: the images the threshold was chosen on)"
     )
+    if t.cv_folds and t.cv_false_reject_rate is not None:
+        text += f"\n{t.cv_folds}-fold out-of-sample: false-reject rate {100 * t.cv_false_reject_rate:.1f}%"
+        if t.cv_escape_rate is not None:
+            text += f", escape rate {100 * t.cv_escape_rate:.1f}%"
+        text += " (each image judged by a threshold chosen on the other folds)"
+    return text
 
 
 def write_thresholds(onnx_path: Path, thresholds: Thresholds) -> None:

@@ -27,6 +27,7 @@ from edge.errors import BundleError
 
 SCHEMA_VERSION = 1
 BUNDLE_JSON = "bundle.json"
+EVIDENCE_PNG = "calibration.png"  # drawn by `inspectd calibrate`; removed by a new export (it shows the old model)
 
 
 class _Strict(BaseModel):
@@ -55,8 +56,13 @@ class Thresholds(_Strict):
     calibrated: bool = False
     n_good: int = 0
     n_defect: int = 0
-    expected_false_reject_rate: float | None = None
+    expected_false_reject_rate: float | None = Field(None, description="In-sample: on the images the rule saw.")
     expected_escape_rate: float | None = None
+    cv_folds: int | None = Field(None, description="k of the stratified k-fold estimate below; None = not run.")
+    cv_false_reject_rate: float | None = Field(
+        None, description="Out of sample: each image judged by a fold threshold chosen without it."
+    )
+    cv_escape_rate: float | None = None
 
 
 class TrainingSummary(_Strict):

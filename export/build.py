@@ -13,6 +13,7 @@ from torch import nn
 
 from edge.bundle import (
     BUNDLE_JSON,
+    EVIDENCE_PNG,
     SCHEMA_VERSION,
     Bundle,
     BundleMeta,
@@ -149,9 +150,10 @@ def _float_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def _clear_old_bundle(out: Path) -> None:
-    """Remove what a previous export/calibration left: models, engines, bundle.json."""
+    """Remove what a previous export/calibration left: models, engines, bundle.json, the calibration figure."""
     for path in out.iterdir():
         if path.is_file() and (
-            path.name == BUNDLE_JSON or (path.name.startswith("model") and path.suffix in {".onnx", ".engine", ".plan"})
+            path.name in (BUNDLE_JSON, EVIDENCE_PNG)
+            or (path.name.startswith("model") and path.suffix in {".onnx", ".engine", ".plan"})
         ):
             path.unlink()

@@ -23,10 +23,23 @@ def image_auroc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np
     labels = np.asarray(labels).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
     _check_both_classes(labels, "image_auroc")
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return float(np.sum((fpr[1:] - fpr[:-1]) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def roc_curve(
+    labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC points (fpr, tpr, threshold) from (0, 0) at threshold +inf down to (1, 1); score >= threshold = defective."""
+    labels = np.asarray(labels).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    _check_both_classes(labels, "roc_curve")
     edges = np.unique(scores)
     pos = _counts_ge(scores[labels == 1], edges)
     neg = _counts_ge(scores[labels == 0], edges)
-    return _auc(neg / neg[0], pos / pos[0])
+    fpr = np.concatenate([[0.0], (neg / neg[0])[::-1]])
+    tpr = np.concatenate([[0.0], (pos / pos[0])[::-1]])
+    return fpr, tpr, np.concatenate([[np.inf], edges[::-1]])
 
 
 def pixel_auroc(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> float:

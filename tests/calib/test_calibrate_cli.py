@@ -1,9 +1,10 @@
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 
-from edge.bundle import load_bundle
+from edge.bundle import EVIDENCE_PNG, load_bundle
 from edge.cli import main
 from edge.evaluation.dataset import list_images, read_image
 from export.build import export_bundle
@@ -81,6 +82,30 @@ class TestCalibrate:
         blob = scores(bundle_dir, category / "test" / "blob")
         assert np.all(blob >= 1.0) and np.all(scores(bundle_dir, category / "good") < 1.0)
 
+    def test_kfold_rates_and_figure(self, bundle_dir, category, capsys):
+        """With defects, 3-fold rates are printed and stored beside the in-sample ones; the figure is in the bundle."""
+        rc = main(
+            ["calibrate", "--bundle", str(bundle_dir), "--good", str(category / "good")]
+            + ["--defects", str(category), "--no-int8"]
+        )
+        assert rc == 0
+        out = capsys.readouterr().out
+        t = load_bundle(bundle_dir).meta.thresholds  # hashes verified, the figure's included
+        assert t.cv_folds == 3 and 0 <= t.cv_false_reject_rate <= 1 and 0 <= t.cv_escape_rate <= 1
+        assert f"3-fold out-of-sample: false-reject rate {100 * t.cv_false_reject_rate:.1f}%" in out
+        assert f"calibration figure {bundle_dir / EVIDENCE_PNG}" in out
+        assert EVIDENCE_PNG in load_bundle(bundle_dir).meta.files
+        assert cv2.imread(str(bundle_dir / EVIDENCE_PNG)).shape[1] >= 1000
+
+    def test_folds_off_and_impossible(self, bundle_dir, category, capsys):
+        """--folds 0 stores no estimate; more folds than defective images is refused with the counts (exit 2)."""
+        base = ["calibrate", "--bundle", str(bundle_dir), "--good", str(category / "good")]
+        assert main([*base, "--folds", "0", "--no-int8"]) == 0
+        assert load_bundle(bundle_dir).meta.thresholds.cv_folds is None
+        assert "out-of-sample" not in capsys.readouterr().out
+        assert main([*base, "--defects", str(category), "--folds", "5", "--no-int8"]) == 2
+        assert "found 28 good and 4 defective" in capsys.readouterr().err
+
     def test_too_few_good_images(self, bundle_dir, category, tmp_path, capsys):
         """Fewer than 20 good images are refused with the numbers, and the bundle is left untouched."""
         few = tmp_path / "few"
@@ -131,5 +156,5 @@ class TestCalibrate:
         assert rc == 0
         assert "export --out" in capsys.readouterr().out
         meta = load_bundle(bundle_dir).meta
-        assert meta.engine is None and set(meta.files) == {"model.onnx"}
+        assert meta.engine is None and set(meta.files) == {"model.onnx", EVIDENCE_PNG}
         assert not (bundle_dir / "model.engine").exists() and not (bundle_dir / "model_fp16.onnx").exists()

@@ -6,8 +6,9 @@ Two flavours, because the fast form differs by runtime (see ../shared/FIELD-NOTE
   computes), not on ONNX Runtime's CPU kernels: on x86 ONNX Runtime fuses no int8-activation Conv (its
   `QDQIsInt8Allowed()` is false off ARM), so this form runs mostly as float convolutions there.
 - "cpu": QDQ U8S8 (uint8 activations, int8 weights, full 8-bit range) for ONNX Runtime's integer kernels. Not
-  `reduce_range`: 7-bit weights cost padim 12 image-AUROC points; on a CPU without VNNI the daemon runs this graph
-  with `session.x64quantprecision` (U8U8 products that cannot saturate) and times it against FP32 at start-up.
+  `reduce_range`: 7-bit weights moved padim's image AUROC 4.5-13 points; on a CPU without VNNI the daemon runs
+  this graph with `session.x64quantprecision` (U8U8 products that cannot saturate) and times it against FP32 at
+  start-up.
 
 What is quantised is decided by `calib.sensitivity.search` over the detector's learned blocks (`calib.qdq`): all
 of them if the gate holds, else the most sensitive stay FP32 one at a time. The uint8 input and its normalisation,

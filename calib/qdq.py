@@ -13,8 +13,8 @@ Why each step (measured on a padim bundle, EfficientNet-Lite0, on an Intel Xeon 
   block is quantised (Clip, Add, pooling too: no float islands left between its convolutions).
 - **Only learned blocks.** The detector's own arithmetic at its top level (a Mahalanobis or nearest-neighbour
   distance, the Gaussian smoothing of the map, the max, the thresholds) and the wrapper's pre/post-processing stay
-  FP32: 8 bits there quantise the map itself (padim lost 12 image-AUROC points that way) and a one-channel 33-tap
-  smoothing kernel runs 10x slower as an integer convolution.
+  FP32: 8 bits there quantise the map itself, and a one-channel 33-tap smoothing kernel runs 10x slower as an
+  integer convolution.
 """
 
 from __future__ import annotations

@@ -63,9 +63,10 @@ class Broker:
         self.config_path.write_text(
             "per_listener_settings true\n"
             "persistence true\n"
+            "set_tcp_nodelay true\n"  # as README recommends: no Nagle delay on small packets (triggers, verdicts)
             f"persistence_location {workdir}/\n"
             "user root\n"
-            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\nlog_type subscribe\n"
             f"listener {self.port} {self.host}\n"
             f"{listener_options}\n",
             encoding="utf-8",
@@ -118,6 +119,17 @@ class Broker:
     def log(self) -> str:
         """The broker's log so far (for assertion messages)."""
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def wait_subscribed(self, topic: str, timeout: float = 30.0) -> bool:
+        """Wait until some client has subscribed to exactly `topic` (the broker logs subscriptions)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log().splitlines():  # "<time>: <client id> <qos> <topic>" (log_type subscribe)
+                parts = line.split()
+                if len(parts) == 4 and parts[2].isdigit() and parts[3] == topic:
+                    return True
+            time.sleep(0.05)
+        return False
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -133,6 +134,7 @@ class MqttSink:
         client.max_inflight_messages_set(cfg.max_inflight)
         # Bounded: results are paced by the forwarder (<= max_inflight); the margin is for status, masks and stats.
         client.max_queued_messages_set(cfg.max_inflight + 64)
+        client.on_socket_open = no_delay
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -441,6 +443,19 @@ class MqttSink:
         else:  # duck-typed stats object
             stats.broker_connected = up
             stats.spool_depth = self._spool.depth
+
+
+def no_delay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+    """Paho's on_socket_open: turn Nagle's algorithm off on a TCP connection.
+
+    paho leaves it on, so a small packet sent while the previous one (a PUBACK) is not yet acknowledged waits for the
+    broker's delayed ACK: ~40 ms on Linux, twice per triggered part (trigger in, verdict out). Measured on loopback:
+    trigger -> verdict 92 ms median with Nagle, see README (Industrial cameras, round trip).
+    """
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):
+        pass  # a unix socket or a websocket wrapper: no Nagle to turn off
 
 
 def parse_trigger(payload: bytes) -> str | None:

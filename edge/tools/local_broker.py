@@ -57,7 +57,7 @@ def run_mosquitto(log_path: Path | None = None, start_timeout_s: float = 10.0) -
     with tempfile.TemporaryDirectory(prefix="inspectd-mosquitto-") as tmp:
         conf = Path(tmp) / "mosquitto.conf"
         conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
             # run as ourselves: as root, mosquitto would switch to its own user and lose access to our files
             f"user {pwd.getpwuid(os.getuid()).pw_name}\nmax_queued_messages 100000\n",
             encoding="utf-8",

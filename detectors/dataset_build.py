@@ -74,9 +74,11 @@ def _mvtb(*names: str) -> Callable[[], list[np.ndarray]]:
     return load
 
 
-# skimage textures are 512x512: train crops from the top 300 rows, test crops from the bottom 192 rows.
-_SK_TRAIN: tuple[Region, ...] = ((0, 0, 300 - 192, 0, 512 - 192),)
-_SK_TEST: tuple[Region, ...] = ((0, 320, 320, 0, 512 - 192),)
+# skimage textures are 512x512, in four 256x256 quadrants: training crops (192 px) come from three of them (top-left,
+# top-right, bottom-left), test crops from the fourth, so training sees the photograph's variation (lighting, scale)
+# from several regions rather than one strip, and never a test pixel.
+_SK_TRAIN: tuple[Region, ...] = ((0, 0, 64, 0, 64), (0, 0, 64, 256, 320), (0, 256, 320, 0, 64))
+_SK_TEST: tuple[Region, ...] = ((0, 256, 320, 256, 320),)
 
 TEXTURE_SPECS: dict[str, TextureSpec] = {
     "brick": TextureSpec(_skimage("brick"), 192, _SK_TRAIN, _SK_TEST, "skimage.data.brick (CC0)"),

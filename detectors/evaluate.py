@@ -3,14 +3,15 @@
 Image AUROC and F1-max always; pixel AUROC and AUPRO when the category has masks (a defect type without
 ground_truth files has image labels only: elpv_poly). Images whose file stem ends in `_subtle` (implanted by
 `inspectd dataset build`) also get their own image AUROC against the good images. Latency is torch on the CPU, one
-image per forward, median of a few runs: a figure for comparing detectors, not a deployment number (see
-`inspectd bench` for ONNX Runtime).
+image per forward, median of a few runs; and ONNX Runtime with 2 threads on the detector's exported graph, the
+figure to compare detectors by (`inspectd bench` times a whole bundle in the daemon). Both record the load average.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from edge.evaluation import metrics
 from edge.evaluation.dataset import Category, read_category, read_image, read_mask
 
 LATENCY_RUNS = 5
+ORT_RUNS = 20
+ORT_THREADS = 2
 
 
 def _latency_ms(model, images: np.ndarray, runs: int = LATENCY_RUNS) -> float:
@@ -39,6 +42,40 @@ def _latency_ms(model, images: np.ndarray, runs: int = LATENCY_RUNS) -> float:
                 torch.cuda.synchronize()
             times.append((time.perf_counter() - start) * 1000)
     return float(np.median(times[1:]))  # the first run warms up allocators
+
+
+def ort_latency_ms(model, size: tuple[int, int], runs: int = ORT_RUNS, threads: int = ORT_THREADS) -> float:
+    """Median ms/image of the detector's own graph (torch.onnx export, batch 1) in ONNX Runtime with `threads`.
+
+    The bundle adds only a cast, a transpose and the threshold arithmetic around it; the same graph is what
+    `inspectd bench` times inside a bundle. Sequential execution, no spin-wait (as the daemon runs it).
+    """
+    import tempfile
+
+    import onnxruntime as ort
+    import torch
+
+    model = model.cpu().eval()
+    x = torch.rand(1, 3, *size)
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        path = f"{tmp}/m.onnx"
+        torch.onnx.export(
+            model, (x,), path, input_names=["x"], opset_version=17, dynamo=False,
+            dynamic_axes={"x": {0: "b"}},
+        )  # fmt: skip
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        feed = {"x": x.numpy()}
+        sess.run(None, feed)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            sess.run(None, feed)
+            times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times))
 
 
 def _heat(amap: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -134,6 +171,8 @@ def evaluate_checkpoint(
         per_type[kind] = metrics.image_auroc(labels[sel], scores[sel])
     result["image_auroc_per_type"] = per_type
     result["ms_per_image"] = _latency_ms(model, images)
+    result["ort_ms_per_image"] = ort_latency_ms(model, (h, w))
+    result["load_average"] = [round(v, 2) for v in os.getloadavg()]
     result["device"] = device
     import torch
 
@@ -163,7 +202,8 @@ def format_result(result: dict) -> str:
         f"{result['detector']} on {result['category']} ({result['n_good']} good, {result['n_defective']} defective)",
         f"  image AUROC {f(result['image_auroc'])}  pixel AUROC {f(result['pixel_auroc'])}  AUPRO {f(result['aupro'])}",
         f"  F1-max {f(result['f1_max'])} at score >= {result['f1_threshold']:.4g}  "
-        f"latency {result['ms_per_image']:.1f} ms/image",
+        f"latency {result['ms_per_image']:.1f} ms/image (torch), {result['ort_ms_per_image']:.1f} ms/image "
+        f"(ONNX Runtime, {ORT_THREADS} threads), load average {result['load_average'][0]}",
     ]
     if "image_auroc_subtle" in result:
         subtle, obvious = f(result["image_auroc_subtle"]), f(result.get("image_auroc_obvious"))

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("edge.tools.config_cli", "validate a config file and print the effective config"),
     "dataset": ("detectors.dataset_build", "build benchmark categories from packaged real images"),
     "train": ("detectors.train", "train a detector on good images"),
+    "teacher": ("detectors.efficientad.teacher", "distil the EfficientAD teacher on generic images (cached)"),
     "evaluate": ("detectors.evaluate", "evaluate a checkpoint on a test set"),
     "benchmark-detectors": ("detectors.benchmark", "train and evaluate every detector on every category"),
     "export": ("export.cli", "export a checkpoint to a model bundle (ONNX, TensorRT engine)"),

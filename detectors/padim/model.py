@@ -9,7 +9,6 @@ maximum.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectors.backbones import FeatureExtractor
+from detectors.maps import SeparableBlur, upsample
 from detectors.registry import DetectorOutput
 
 if TYPE_CHECKING:
@@ -25,21 +25,12 @@ if TYPE_CHECKING:
 STRIDE = 8
 
 
-def gaussian_kernel(sigma: float) -> torch.Tensor:
-    """1-D Gaussian kernel, radius 4 sigma, normalised to sum 1."""
-    radius = max(1, int(math.ceil(4 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-(x**2) / (2 * sigma**2))
-    return k / k.sum()
-
-
 class Padim(nn.Module):
     """Patch-wise Gaussian over CNN features; forward(x RGB [0, 1]) -> (score (B,), anomaly_map (B, 1, H, W))."""
 
     index: torch.Tensor
     mean: torch.Tensor
     inv_cov: torch.Tensor
-    kernel: torch.Tensor
 
     def __init__(self, params: PadimParams, input_size: tuple[int, int]) -> None:
         super().__init__()
@@ -62,7 +53,7 @@ class Padim(nn.Module):
         self.register_buffer("index", torch.randperm(total, generator=gen)[:d].sort().values)
         self.register_buffer("mean", torch.zeros(patches, d))
         self.register_buffer("inv_cov", torch.eye(d).repeat(patches, 1, 1))
-        self.register_buffer("kernel", gaussian_kernel(params.sigma))
+        self.blur = SeparableBlur(params.sigma)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Embedding (B, d, gh, gw): multi-scale features at stride 8, the chosen channel subset."""
@@ -87,17 +78,8 @@ class Padim(nn.Module):
         m2 = (left * diff).sum(-1).clamp_min(0)  # (P, B)
         return m2.sqrt().transpose(0, 1).reshape(b, gh, gw)
 
-    def smooth(self, amap: torch.Tensor) -> torch.Tensor:
-        """Separable Gaussian blur with reflect padding, (B, 1, H, W)."""
-        r = self.kernel.numel() // 2
-        kx = self.kernel.view(1, 1, 1, -1)
-        ky = self.kernel.view(1, 1, -1, 1)
-        amap = F.conv2d(F.pad(amap, (r, r, 0, 0), mode="replicate"), kx)
-        return F.conv2d(F.pad(amap, (0, 0, r, r), mode="replicate"), ky)
-
     def forward(self, x: torch.Tensor) -> DetectorOutput:
         """Raw image score (B,) and anomaly map (B, 1, H, W) at input size."""
         dist = self.distance(self.features(x)).unsqueeze(1)
-        amap = F.interpolate(dist, size=self.input_size, mode="bilinear", align_corners=False)
-        amap = self.smooth(amap)
+        amap = self.blur(upsample(dist, self.input_size))
         return DetectorOutput(amap.flatten(1).amax(1), amap)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from detectors.dataset_build import Counts, build
+from detectors.dataset_build import TEXTURE_SPECS, Counts, build
 from detectors.implants import IMPLANTS, KINDS
 from edge.cli import main
 from edge.errors import DatasetError
@@ -98,3 +98,23 @@ class TestImplants:
             out, mask = IMPLANTS["stain"](clean_crop, np.random.default_rng(0), subtle)
             diffs.append(np.abs(out.astype(int) - clean_crop)[mask == 1].mean())
         assert diffs[0] < diffs[1] / 2
+
+
+class TestRegions:
+    """Training and test crops of a texture come from disjoint pixels; training from several regions."""
+
+    @pytest.mark.parametrize("name", sorted(TEXTURE_SPECS))
+    def test_train_and_test_pixels_are_disjoint(self, name):
+        """No training crop can share a pixel with a test crop of the same photograph."""
+        spec = TEXTURE_SPECS[name]
+
+        def box(region):
+            index, y0, y1, x0, x1 = region
+            return index, y0, y1 + spec.crop, x0, x1 + spec.crop
+
+        for train in map(box, spec.train):
+            for test in map(box, spec.test):
+                same = train[0] == test[0]
+                overlap = train[1] < test[2] and test[1] < train[2] and train[3] < test[4] and test[3] < train[4]
+                assert not (same and overlap), f"{name}: train {train} overlaps test {test}"
+        assert len(spec.train) >= 2 or name == "roof", f"{name}: training crops from one region only"

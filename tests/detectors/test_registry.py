@@ -22,11 +22,11 @@ class TestLookup:
         for key, info in det.params.model_fields.items():
             assert not info.is_required(), f"{name}.{key} has no default"
             assert info.description, f"{name}.{key} has no description"
-        model = registry.build(name, det.tiny, (32, 32)).eval()
+        model = registry.build(name, det.tiny, (64, 64)).eval()
         with torch.no_grad():
-            out = model(torch.rand(2, 3, 32, 32))
+            out = model(torch.rand(2, 3, 64, 64))
         assert isinstance(out, registry.DetectorOutput)
-        assert out.score.shape == (2,) and out.anomaly_map.shape == (2, 1, 32, 32)
+        assert out.score.shape == (2,) and out.anomaly_map.shape == (2, 1, 64, 64)
 
     def test_unknown_detector_lists_the_valid_ones(self):
         """An unknown name is a DetectorError naming every registered detector."""

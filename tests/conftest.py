@@ -321,3 +321,38 @@ def fake_gige(tmp_path: Path) -> Iterator[Any]:
     camera.start()
     yield camera
     camera.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """Factory: `small_disk(kib)` mounts a tmpfs of that size (root only) and returns its folder, else skips."""
+    mounts: list[Path] = []
+
+    def make(kib: int) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("a small tmpfs needs root (mount -t tmpfs)")
+        where = tmp_path / f"disk-{len(mounts)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(where)],
+                              capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounts.append(where)
+        return where
+
+    yield make
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+
+
+def fill_disk(folder: Path) -> int:
+    """Write a ballast file into `folder` until the file system is full; returns the bytes written."""
+    written = 0
+    with (folder / "ballast").open("wb", buffering=0) as fh:
+        chunk = b"\0" * 4096
+        while True:
+            try:
+                written += fh.write(chunk) or 0
+            except OSError:
+                break
+    return written

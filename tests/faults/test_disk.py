@@ -16,9 +16,9 @@ from structlog.testing import capture_logs
 
 from edge.config import load_config
 from edge.daemon import run_daemon
-from tests.conftest import Broker
+from tests.conftest import Broker, fill_disk
 from tests.edge.test_daemon import PREFIX, write_config, write_frames
-from tests.faults.conftest import fill_disk, tally
+from tests.faults.conftest import tally
 
 pytestmark = pytest.mark.timeout(120)
 

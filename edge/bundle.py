@@ -161,6 +161,22 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _check_inside(bundle: Path, name: str) -> None:
+    """Refuse a file name in bundle.json that leaves the bundle folder (absolute, `..`, or a link pointing out).
+
+    Checked before anything is opened or hashed, so a bad name can neither load nor fingerprint an outside file.
+    """
+    candidate = Path(name)
+    inside = not candidate.is_absolute() and ".." not in candidate.parts and name.strip() != ""
+    if inside:
+        root = bundle.resolve()
+        inside = (root / candidate).resolve().is_relative_to(root)
+    if not inside:
+        msg = (f"bundle {bundle}: {BUNDLE_JSON} names {name!r}, a path outside the bundle folder; every file of a "
+               "bundle must be inside it (re-export the bundle)")
+        raise BundleError(msg)
+
+
 def load_bundle(path: Path | str, *, verify: bool = True) -> Bundle:
     """Load and verify a bundle folder.
 
@@ -175,6 +191,9 @@ def load_bundle(path: Path | str, *, verify: bool = True) -> Bundle:
         raise BundleError(msg)
     try:
         raw = json.loads(meta_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        msg = f"bundle {path}: {BUNDLE_JSON} is not UTF-8 text (byte {exc.start}): a damaged copy? re-copy the bundle"
+        raise BundleError(msg) from None
     except json.JSONDecodeError as exc:
         msg = f"bundle {path}: {BUNDLE_JSON} is not valid JSON: {exc}"
         raise BundleError(msg) from None
@@ -191,6 +210,9 @@ def load_bundle(path: Path | str, *, verify: bool = True) -> Bundle:
     if "model.onnx" not in meta.files:
         msg = f"bundle {path}: model.onnx is not listed in {BUNDLE_JSON}"
         raise BundleError(msg)
+    named = [*meta.files, *(f.file for f in meta.int8), *([meta.engine.file] if meta.engine else [])]
+    for name in named:
+        _check_inside(path, name)
     if verify:
         for name, expected in meta.files.items():
             file = path / name

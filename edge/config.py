@@ -9,6 +9,7 @@ credentials in `$CREDENTIALS_DIRECTORY`.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +28,9 @@ else:  # pragma: no cover - Jetson (JetPack 6) ships Python 3.10
 SECRETS: dict[tuple[str, str], str] = {
     ("mqtt", "password"): "mqtt_password",
     ("mqtt", "tls_key_password"): "mqtt_tls_key_password",
+    ("source", "password"): "source_password",
 }
+_URI_PASSWORD = re.compile(r"//[^/@\s:]*:[^/@\s]*@")  # scheme://user:password@host
 
 
 class Section(BaseModel):
@@ -155,6 +158,17 @@ class SourceConfig(Section):
     stall_timeout_s: float = Field(5.0, gt=0, le=3600, description="No frame for this long = camera lost; reconnect.")
     reconnect_min_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay; doubles on each failure.")
     reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Longest reconnect delay (retries never stop).")
+    max_pixels: int = Field(
+        64_000_000, ge=1, le=1_000_000_000,
+        description="Frames (and image files, checked from the header before decoding) with more pixels are an "
+        "error verdict: a bad file must not take gigabytes of memory.",
+    )
+    username: str = Field(
+        "",
+        description="rtsp/http camera user; its password comes from INSPECTD_SOURCE__PASSWORD or the systemd "
+        "credential source_password, never from this file (nor inside uri).",
+    )
+    password: SecretStr | None = Field(None, description="Secret: env or credentials only.", exclude=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -171,6 +185,9 @@ class SourceConfig(Section):
                 f"source.reconnect_max_s ({self.reconnect_max_s}) must be >= "
                 f"source.reconnect_min_s ({self.reconnect_min_s})"
             )
+            raise ValueError(msg)
+        if self.password is not None and not self.username:
+            msg = "source.password is set but source.username is not"
             raise ValueError(msg)
         for key in ("roi", "sensor_roi"):
             box = getattr(self, key)
@@ -255,7 +272,22 @@ class MqttConfig(Section):
         256.0, gt=0, description="Spool size cap; at the cap the oldest verdicts are dropped, loudly."
     )
     spool_fsync: Literal["always", "batch", "never"] = Field(
-        "batch", description='"always": fsync every record; "batch": at most every 100 ms; "never": leave it to the OS.'
+        "batch", description='What survives a power cut: "always": every verdict (SQLite synchronous FULL); "batch": '
+        'all but the last <= 100 ms (NORMAL + a WAL fsync every 100 ms); "never": up to the OS (OFF).'
+    )
+    session_expiry_s: int = Field(
+        3600, ge=0, le=4294967295,
+        description="How long the broker keeps this daemon's session (its trigger subscription and the QoS 1 "
+        "triggers sent meanwhile) while it is away; MQTT 3.1.1 keeps it until the broker forgets it.",
+    )
+    trigger_max_bytes: int = Field(
+        65536, ge=256, le=16 * 1024 * 1024,
+        description="Largest trigger payload read; a larger one still gets a verdict, with part_id null and a warning.",
+    )
+    require_subscriber: bool = Field(
+        False,
+        description="Keep a verdict in the spool, and resend it, while the broker says nobody subscribes to "
+        "<prefix>/result (MQTT 5 reason 0x10); false: the broker's acknowledgement is delivery.",
     )
 
     @property
@@ -365,6 +397,13 @@ def load_config(path: Path | str | None = None, *, base_dir: Path | None = None)
             env = f"INSPECTD_{section.upper()}__{key.upper()}"
             msg = f"{section}.{key} must not be in the config file; set {env} or the systemd credential {cred}"
             raise ConfigError(msg)
+    uri = data.get("source", {}).get("uri")
+    if isinstance(uri, str) and _URI_PASSWORD.search(uri):
+        msg = (
+            "source.uri must not carry a password in the config file: put the user in source.username and the "
+            "password in INSPECTD_SOURCE__PASSWORD or the systemd credential source_password"
+        )
+        raise ConfigError(msg)
     try:
         config = Config(**data)
     except ValidationError as exc:
@@ -387,7 +426,10 @@ def _read_credentials(config: Config) -> None:
         if getattr(part, key) is None and file.is_file():
             value = file.read_text(encoding="utf-8").rstrip("\n")
             if value:  # an empty file means "not set": the unit's LoadCredential= fails on a missing file
-                setattr(part, key, SecretStr(value))
+                try:
+                    setattr(part, key, SecretStr(value))
+                except ValidationError as exc:
+                    raise ConfigError(format_validation_error(exc, type(part))) from None
 
 
 def _resolve_paths(config: Config, base: Path) -> None:
@@ -447,6 +489,8 @@ def effective_toml(config: Config) -> str:
             if isinstance(value, SecretStr):
                 out.append(f'{key} = "***"  # secret, from env or credentials')
                 continue
+            if isinstance(value, str):
+                value = _URI_PASSWORD.sub(lambda m: m.group(0).split(":", 1)[0] + ":***@", value)
             if value is None:
                 if (section_name, key) in SECRETS:
                     out.append(f"# {key}: not set")

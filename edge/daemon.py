@@ -1,12 +1,18 @@
 """`inspectd run --config PATH [--max-frames N]`: the daemon, and `run_daemon()` for bench and demo.
 
 Start-up order is chosen so an operator error fails fast with exit code 2 before anything is announced: config,
-bundle (hash-checked), backend (graph checked against the bundle contract), source; only then the sinks (the MQTT
-birth message says what is running), metrics, the pipeline, and READY=1 to systemd.
+bundle (hash-checked, every path inside it), backend (graph checked against the bundle contract), source, spool and
+seq state, metrics port; only then the MQTT connection starts (its "online" follows the trigger SUBACK, so it means
+"ready"), the pipeline, and READY=1 to systemd.
 
-Shutdown (SIGTERM/SIGINT, end of a finite source, or `--max-frames` reached): capture stops, frames already
-admitted are judged and published, the MQTT sink is given the rest of `pipeline.shutdown_timeout_s` to get every
-verdict acknowledged (what is not stays in the on-disk spool for the next start), `offline` is published, exit 0.
+Shutdown (SIGTERM/SIGINT, end of a finite source, or `--max-frames` reached): the trigger subscription is dropped,
+triggers already accepted are judged, capture stops, frames already admitted are judged and published, the sinks get
+the rest of `pipeline.shutdown_timeout_s` to get every verdict acknowledged (what is not stays in the on-disk spool
+for the next start), `offline` is published, exit 0.
+
+Faults (edge/supervise.py): a crashed or hung stage or internal thread, a verdict neither kept nor delivered, a
+verdict the spool dropped: the daemon drains what it can and exits 1, so systemd restarts it; a killed daemon's
+"offline" comes from the broker (the Last Will).
 """
 
 from __future__ import annotations
@@ -27,19 +33,23 @@ from edge.bundle import load_bundle
 from edge.config import Config, load_config
 from edge.errors import ConfigError, InspectdError
 from edge.log import get_logger
+from edge.mqtt.connection import MqttConnection
+from edge.mqtt.results import MqttSink
+from edge.mqtt.spool import Spool
+from edge.mqtt.triggers import TriggerInput
 from edge.notify import enable_faulthandler
 from edge.pipeline import Pipeline
 from edge.seq import SeqCounter
 from edge.sources import open_source
 from edge.sources.live import redact
 from edge.stats import PipelineStats
+from edge.supervise import Supervisor
 
 if TYPE_CHECKING:
     from edge.backends import Backend
     from edge.bundle import Bundle
     from edge.notify import Notifier
     from edge.sinks import Sink
-    from edge.sinks.mqtt import MqttSink
 
 log = get_logger(__name__)
 SEQ_STATE = "seq.json"  # in mqtt.spool_dir: seq numbering continues across restarts, like the spool itself
@@ -99,16 +109,17 @@ def run_daemon(
     stop: threading.Event | None = None,
     base_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Run until `stop` is set, the source ends, or `max_frames` verdicts; return the final stats snapshot.
+    """Run until `stop` is set, the source ends, `max_frames` verdicts, or a fault; return the final stats snapshot.
 
     The snapshot has extra keys: `published` (verdicts handed to the sinks), `delivered` (MQTT acknowledged
-    everything, or MQTT is off), `drained` (every admitted frame got its verdict in time) and `exit_code` (0; 70
-    (DeviceLostError.exit_code) when the GPU was lost; 1 when a stage crashed, the drain timed out, or `max_frames`
-    verdicts could not all be acknowledged in time).
+    everything, or MQTT is off), `drained` (every admitted frame got its verdict in time), `lost` (seqs of verdicts
+    neither kept nor delivered) and `exit_code`: 0; 70 (DeviceLostError.exit_code) when the GPU was lost; 1 when a
+    stage or internal thread crashed or hung, the drain timed out, a verdict was lost (also one the spool dropped),
+    or `max_frames` verdicts could not all be acknowledged in time.
 
     Raises:
         ConfigError: triggered mode without MQTT, a software trigger without triggered mode, a sink's configuration
-            is unusable, or (CameraConfigError) a GenICam camera refuses a setting.
+            is unusable, the metrics port is taken, or (CameraConfigError) a GenICam camera refuses a setting.
         BundleError: the bundle is missing, tampered with, or its graph is not the bundle contract.
         SourceError: a folder or video file cannot be opened.
     """
@@ -129,44 +140,54 @@ def run_daemon(
         notifier.extend_timeout(120.0)  # deserialising an engine and capturing CUDA graphs can take a while
     result: dict[str, Any] = {}
     close_by = math.inf  # monotonic deadline for closing the sinks, set when shutdown starts
-    # Everything opened below is closed by the stack, newest first (watchdog, capture, metrics, sinks, source, seq
-    # state, backend), also when start-up fails half-way; a sink's close error is logged and the others still close.
-    with ExitStack() as opened:
+    supervisor = Supervisor()
+    # Everything opened below is closed by the stack, newest first (watchdog, capture, sinks, MQTT connection,
+    # metrics, seq state, spool, source, backend), also when start-up fails half-way. Nothing is announced (MQTT
+    # "online", READY=1) before every start-up check passed, the metrics port included.
+    with supervisor.installed(), ExitStack() as opened:
         backend = load_backend(bundle, config.model)
         pipeline: Pipeline | None = None
         opened.callback(lambda: _close_backend(backend, pipeline))
         stats.backend = backend.name
-        seq = SeqCounter(config.mqtt.spool_dir / SEQ_STATE if config.mqtt.enabled else None)
-        opened.callback(lambda: seq.close(clean=bool(result.get("drained"))))  # unclean: seq.json keeps its place
         source = opened.enter_context(closing(open_source(config.source, base_dir, stats=stats)))
-        sinks: list[Sink] = []
-        mqtt: MqttSink | None = None
+        spool: Spool | None = None
         if config.mqtt.enabled:
-            from edge.sinks.mqtt import MqttSink
-
-            mqtt = MqttSink(config.mqtt, info=birth_info(config, bundle, backend), stats=stats)
-            sinks.append(mqtt)
+            spool = Spool(config.mqtt.spool_dir, int(config.mqtt.spool_max_mb * 1_000_000), config.mqtt.spool_fsync)
+            opened.callback(spool.close)
+        floor = spool.last_seq + 1 if spool is not None and spool.last_seq is not None else 0
+        seq = SeqCounter(config.mqtt.spool_dir / SEQ_STATE if config.mqtt.enabled else None, floor=floor)
+        opened.callback(lambda: seq.close(clean=bool(result.get("drained"))))  # unclean: seq.json keeps its place
+        opened.callback(serve_metrics(config.metrics, stats))
+        sinks: list[Sink] = []
+        connection: MqttConnection | None = None
+        if config.mqtt.enabled and spool is not None:
+            connection = MqttConnection(config.mqtt, info=birth_info(config, bundle, backend), stats=stats,
+                                        supervisor=supervisor)
+            opened.callback(lambda: connection.close(close_by))  # type: ignore[union-attr]
+            sinks.append(MqttSink(config.mqtt, connection, spool, stats=stats, before_direct_send=seq.publishing))
         if config.debug.enabled:
             from edge.sinks.zmq_debug import DebugSink
 
             sinks.append(DebugSink(config.debug))
         opened.callback(lambda: _close_sinks(sinks, close_by))
-        opened.callback(serve_metrics(config.metrics, stats))
         pipeline = Pipeline(
             source,
             backend,
             sinks,
             config=config,
-            model={"name": bundle.meta.name, "hash": bundle.short_hash},
+            model={"name": bundle.meta.name, "hash": model_hash(bundle, backend)},
             color_order=bundle.meta.input.color_order,
             stats=stats,
             max_frames=max_frames,
             seq=seq,
         )
         opened.callback(pipeline.stop)  # no-op after a normal shutdown; stops capture if start-up or serving raised
-        if config.pipeline.mode == "triggered" and mqtt is not None:
-            mqtt.on_trigger(pipeline.trigger)
+        triggers = None
+        if config.pipeline.mode == "triggered" and connection is not None:
+            triggers = TriggerInput(connection, config.mqtt, pipeline.trigger)  # before connecting: online waits
         pipeline.start()
+        if connection is not None:
+            connection.start()
         notifier.ready()
         watchdog_stop = threading.Event()
         opened.callback(watchdog_stop.set)
@@ -174,11 +195,12 @@ def run_daemon(
         log.info("daemon_started", version=__version__, bundle=bundle.meta.name, hash=bundle.short_hash,
                  backend=backend.name, source=f"{config.source.kind}:{redact(config.source.uri)}",
                  mode=config.pipeline.mode, max_frames=max_frames)
-        _serve(pipeline, backend, stop, sinks, stats, config.mqtt.stats_interval_s)
+        _serve(pipeline, backend, stop, sinks, stats, supervisor, config.mqtt.stats_interval_s)
         close_by = time.monotonic() + config.pipeline.shutdown_timeout_s
-        result = _shutdown(pipeline, backend, sinks, stats, config, notifier, max_frames)
+        result = _shutdown(pipeline, backend, sinks, triggers, stats, config, notifier, supervisor, spool, max_frames)
     log.info("daemon_stopped", exit_code=result.get("exit_code"), published=result.get("published"),
-             verdicts=result.get("verdicts"), frames_skipped=result.get("frames_skipped"))
+             verdicts=result.get("verdicts"), frames_skipped=result.get("frames_skipped"),
+             lost=result.get("lost"), failure=supervisor.failure)
     return result
 
 
@@ -202,6 +224,11 @@ def _close_backend(backend: Backend, pipeline: Pipeline | None) -> None:
         log.exception("backend_close_failed", backend=backend.name)
 
 
+def model_hash(bundle: Bundle, backend: Backend) -> str:
+    """The short hash carried in every verdict: of the model file that actually runs (FP32 or an INT8 flavour)."""
+    return bundle.meta.files.get(backend.model_file, "")[:12] or bundle.short_hash
+
+
 def _close_sinks(sinks: list[Sink], deadline: float) -> None:
     """Close every sink, newest first, within `deadline`; one sink's failure does not keep the others open."""
     for sink in reversed(sinks):
@@ -213,56 +240,84 @@ def _close_sinks(sinks: list[Sink], deadline: float) -> None:
 
 def _serve(
     pipeline: Pipeline, backend: Backend, stop: threading.Event, sinks: list[Sink], stats: PipelineStats,
-    interval: float,
+    supervisor: Supervisor, interval: float,
 ) -> None:
-    """Wait for the end of the stream, a stop request or a lost GPU, publishing stats every `interval` seconds."""
+    """Wait for the end of the stream, a stop request, a fault or a lost GPU, publishing stats every `interval` s."""
     next_stats = time.monotonic() + interval
     while not pipeline.done and not stop.wait(0.1):
+        if supervisor.failed:
+            log.error("daemon_failing", failure=supervisor.failure, action="draining, then exit 1")
+            break
+        if pipeline.failed is not None:
+            break  # it stopped admitting frames itself; _shutdown drains and says why
         if backend.fatal is not None:  # TensorRT: sticky CUDA error, no later frame can succeed
             log.critical("backend_fatal", error=str(backend.fatal),
                          action=f"draining with error verdicts, exit {_fatal_exit_code(backend.fatal)}")
             break
+        supervisor.check_stuck(stats)
         if sinks and time.monotonic() >= next_stats:
-            snapshot = stats.snapshot()
-            for sink in sinks:
-                sink.publish_stats(snapshot)
             next_stats += interval
+            _publish_stats(sinks, stats, supervisor)
+
+
+def _publish_stats(sinks: list[Sink], stats: PipelineStats, supervisor: Supervisor) -> None:
+    """One stats snapshot to every sink; a failure here is a daemon failure like any thread's."""
+    try:
+        snapshot = stats.snapshot()
+        for sink in sinks:
+            sink.publish_stats(snapshot)
+    except Exception as exc:  # noqa: BLE001 - reported, and the daemon stops with exit code 1
+        supervisor.fail("stats", exc)
 
 
 def _shutdown(
     pipeline: Pipeline,
     backend: Backend,
     sinks: list[Sink],
+    triggers: TriggerInput | None,
     stats: PipelineStats,
     config: Config,
     notifier: Notifier,
+    supervisor: Supervisor,
+    spool: Spool | None,
     max_frames: int | None,
 ) -> dict[str, Any]:
-    """Drain in-flight frames, then give the sinks the rest of the shutdown budget to get everything delivered."""
+    """Stop: unsubscribe triggers, drain (accepted triggers are served), let the sinks deliver, pick the exit code.
+
+    The sinks get what is left of `pipeline.shutdown_timeout_s` after the drain.
+    """
     budget = config.pipeline.shutdown_timeout_s
     deadline = time.monotonic() + budget  # the caller's close_by is the same moment
     notifier.stopping()
     notifier.extend_timeout(budget + 5.0)
+    if triggers is not None:
+        triggers.stop(timeout=budget / 2)  # no new part after this; the accepted ones are judged below
     pipeline.stop()
-    drained = pipeline.join(budget)
+    drained = pipeline.join(max(0.0, deadline - time.monotonic()))
     if not drained:
         log.error("shutdown_drain_timeout", timeout_s=budget, published=pipeline.published, issued=pipeline.issued)
     delivered = True
     for sink in sinks:
         delivered = sink.wait_delivered(max(0.0, deadline - time.monotonic())) and delivered
     if sinks:
-        snapshot = stats.snapshot()
-        for sink in sinks:
-            sink.publish_stats(snapshot)
+        _publish_stats(sinks, stats, supervisor)
     if not delivered:
         log.warning("shutdown_undelivered", spool_dir=str(config.mqtt.spool_dir),
                     action="kept in the spool, replayed at the next start")
+    snapshot = stats.snapshot()
+    lost_in_spool = spool is not None and (spool.dropped > 0 or spool.unknown_loss)
     exit_code = 0
     if backend.fatal is not None:  # a lost GPU: 70, which the unit restarts on (a fresh process, a fresh context)
         exit_code = _fatal_exit_code(backend.fatal)
-    elif pipeline.failed is not None or not drained:
+    elif pipeline.failed is not None or not drained or supervisor.failed:
         exit_code = 1  # non-zero: systemd's Restart=on-failure restarts us
+    elif pipeline.lost or snapshot.get("verdicts_lost") or lost_in_spool:
+        exit_code = 1  # a verdict was lost: never a clean exit
     elif max_frames is not None and not delivered:
         exit_code = 1  # the --max-frames contract is "all published and acknowledged"
-    extra = {"published": pipeline.published, "delivered": delivered, "drained": drained, "exit_code": exit_code}
-    return stats.snapshot() | extra
+    if pipeline.lost or lost_in_spool:
+        log.critical("verdicts_lost", seqs=pipeline.lost, lost_total=len(pipeline.lost),
+                     spool_dropped=spool.dropped if spool is not None else 0, exit_code=exit_code)
+    extra = {"published": pipeline.published, "delivered": delivered, "drained": drained, "lost": pipeline.lost,
+             "exit_code": exit_code}
+    return snapshot | extra

@@ -57,5 +57,12 @@ class DeviceLostError(BackendError):
     exit_code = 70
 
 
+class VerdictLostError(InspectdError):
+    """Raised when a verdict can be neither spooled nor delivered (disk full and broker down, or no acknowledgement).
+
+    The pipeline stops admitting frames and the daemon exits non-zero: a lost verdict must never look like a clean run.
+    """
+
+
 class BrokerError(InspectdError):
     """Raised when a local Mosquitto (for `inspectd demo` / `inspectd bench`) cannot be found or started."""

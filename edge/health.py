@@ -10,6 +10,7 @@ The server binds loopback by default (`[metrics] host`); expose it deliberately.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from edge.errors import ConfigError
 from edge.log import get_logger
 from edge.stats import STAGES
 
@@ -33,6 +35,12 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 PREFIX = "inspectd"
+_DELIVERY_COUNTERS = {
+    "spool_write_failed": "Spool writes that failed (disk full, I/O error); verdicts then went straight to the broker.",
+    "spool_dropped": "Spooled verdicts dropped unsent: the spool cap during a long outage, or damage on disk.",
+    "no_subscribers": "Verdicts the broker acknowledged with reason 0x10: accepted, but nobody subscribed.",
+    "verdicts_lost": "Verdicts neither kept nor delivered (the daemon exits non-zero after one).",
+}
 
 
 class PipelineCollector(Collector):
@@ -72,6 +80,8 @@ class PipelineCollector(Collector):
             "Verdicts waiting in the store-and-forward spool.",
             value=snap.get("spool_depth", 0),
         )
+        for name, doc in _DELIVERY_COUNTERS.items():
+            yield _counter(name, doc, snap.get(name, 0))
         queues = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Items waiting in each stage queue.", labels=["queue"])
         for name, depth in sorted((snap.get("queue_depths") or {}).items()):
             queues.add_metric([name], depth)
@@ -105,14 +115,28 @@ def serve_metrics(config: MetricsConfig, stats: PipelineStats) -> Callable[[], N
     """Start the `/metrics` HTTP server on `config.host:config.port` when enabled; return a function that stops it.
 
     The server runs on its own daemon thread; stopping it closes the listening socket so the port is free again.
+
+    Raises:
+        ConfigError: the address cannot be bound (port in use, address not on this host).
     """
     if not config.enabled:
         return lambda: None
     registry = CollectorRegistry(auto_describe=True)
     registry.register(PipelineCollector(stats))
     ProcessCollector(namespace=PREFIX, registry=registry)  # RSS and CPU seconds: memory must stay flat
-    server, thread = start_http_server(config.port, addr=config.host, registry=registry)
-    log.info("metrics_serving", url=f"http://{_netloc(config.host, server.server_address[1])}/metrics")
+    try:
+        server, thread = start_http_server(config.port, addr=config.host, registry=registry)
+    except OSError as exc:
+        msg = (
+            f"metrics.port {config.port} on metrics.host {config.host} cannot be used ({exc.strerror or exc}): "
+            "another process holds it (a second inspectd?); choose another port or set metrics.enabled = false"
+        )
+        raise ConfigError(msg) from None
+    url = f"http://{_netloc(config.host, server.server_address[1])}/metrics"
+    if not _is_loopback(config.host):
+        log.warning("metrics_not_loopback", url=url, note="the metrics endpoint is reachable from the network, "
+                    "without authentication; bind metrics.host to 127.0.0.1 unless that is meant")
+    log.info("metrics_serving", url=url)
 
     def stop() -> None:
         server.shutdown()
@@ -120,6 +144,16 @@ def serve_metrics(config: MetricsConfig, stats: PipelineStats) -> Callable[[], N
         thread.join(timeout=5)
 
     return stop
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether `host` (an address or "localhost") only listens on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def _netloc(host: str, port: int) -> str:

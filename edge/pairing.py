@@ -19,29 +19,32 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from edge.sources import Frame
 
+P = TypeVar("P")  # what stands for a part: its trigger in the pipeline, a part id in tests
+
 
 @dataclass(frozen=True)
-class Pair:
-    """What one verdict is made of: an exposure, a part id, or both; `error` when it is not a pair."""
+class Pair(Generic[P]):
+    """What one verdict is made of: an exposure, a part, or both; `error` when it is not a pair."""
 
     frame: Frame | None
-    part_id: str | None
+    part_id: P | None
     error: str | None = None
 
 
-class Pairer:
+class Pairer(Generic[P]):
     """The queues and the rule above; the pipeline's capture stage feeds it and asks what is due."""
 
     def __init__(self, window: float, camera: str) -> None:
         self.window = window
         self.camera = camera
-        self._parts: deque[tuple[str | None, float]] = deque()
+        self._parts: deque[tuple[P | None, float]] = deque()
         self._frames: deque[Frame] = deque()
 
-    def part(self, part_id: str | None, received: float) -> None:
+    def part(self, part_id: P | None, received: float) -> None:
         """A trigger message arrived at `received` (time.monotonic())."""
         self._parts.append((part_id, received))
 
@@ -49,9 +52,9 @@ class Pairer:
         """The camera delivered an exposure (or an error frame standing for a lost one)."""
         self._frames.append(frame)
 
-    def due(self, now: float) -> list[Pair]:
+    def due(self, now: float) -> list[Pair[P]]:
         """Pairs made, and items that can no longer be paired, in the order their verdicts should go out."""
-        out: list[Pair] = []
+        out: list[Pair[P]] = []
         while self._parts and self._frames:
             part_id, received = self._parts[0]
             frame = self._frames[0]
@@ -69,21 +72,21 @@ class Pairer:
             out.append(self._lone_part())
         return out
 
-    def drain(self, why: str) -> list[Pair]:
+    def drain(self, why: str) -> list[Pair[P]]:
         """Everything still waiting, unpaired (the daemon is stopping or the source ended)."""
-        out = [Pair(f, None, f"exposure not paired with a part id: {why}") for f in self._frames]
+        out: list[Pair[P]] = [Pair(f, None, f"exposure not paired with a part id: {why}") for f in self._frames]
         out += [Pair(None, p, f"trigger not served: {why}") for p, _ in self._parts]
         self._frames.clear()
         self._parts.clear()
         return out
 
-    def _lone_frame(self) -> Pair:
+    def _lone_frame(self) -> Pair[P]:
         frame = self._frames.popleft()
         why = frame.error or (f"exposure from camera {self.camera} with no part id within {self.window:g} s "
                               "(hardware trigger with no trigger message)")
         return Pair(frame, None, why)
 
-    def _lone_part(self) -> Pair:
+    def _lone_part(self) -> Pair[P]:
         part_id, _ = self._parts.popleft()
         why = f"no exposure from camera {self.camera} within {self.window:g} s of the trigger message (hardware)"
         return Pair(None, part_id, why)

@@ -13,13 +13,20 @@ Rules this module keeps (the product's fail-safe rules):
    `frames_skipped` (published on the stats topic, logged). `seq` numbers judgements, so a seq gap always means a
    lost verdict; a skipped frame shows as a `frame_id` gap instead. Camera outage frames are never skipped.
    File sources without `fps` are never skipped: capture waits for the pipeline instead.
-3. `triggered` mode: each trigger `(part_id, received_monotonic)` yields exactly one verdict carrying the part_id,
-   judged on the first frame captured after the trigger (a software-triggered GenICam camera: the exposure that
-   trigger fired); `error` if none comes within `trigger_timeout_s`, if the source ends, or if the daemon stops with
-   the trigger still pending. A part is never skipped. A hardware-triggered camera makes every exposure a part, and
-   trigger messages are paired with exposures by edge/pairing.py's rule; what stays unpaired is an `error`.
+3. `triggered` mode: each `Trigger` yields exactly one verdict carrying its part_id, judged on the first frame
+   captured after the trigger arrived (a software-triggered GenICam camera: the exposure that trigger fired); `error`
+   if it cannot be: the trigger is stale (redelivered, or queued while the daemon was away), it waited longer than
+   `trigger_timeout_s` for the camera, no frame came within that time, or the source ended. A part is never skipped.
+   A hardware-triggered camera makes every exposure a part, and trigger messages are paired with exposures by
+   edge/pairing.py's rule; what stays unpaired is an `error`. On `stop()` the triggers already accepted are still
+   served before capture ends. Once a trigger's verdict is handed to the sinks (durable in the spool),
+   `Trigger.settle()` runs: the trigger input then acknowledges the MQTT message, so a crash before that leaves it with
+   the broker.
 4. Every stage beats `stats.beat(stage)` each loop iteration (queue gets use a timeout), so the watchdog can tell a
    hung stage from an idle one.
+5. A sink raising `VerdictLostError` (a verdict it can neither keep nor deliver) stops the pipeline: no frame is
+   admitted after it, the loss is logged (`verdicts_lost`, with the seqs) and `failed` is set, so the daemon exits
+   non-zero. The seq of a lost verdict stays used: the gap tells the subscriber.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from edge.contract import THRESHOLD, ModelOutputs
+from edge.errors import VerdictLostError
 from edge.log import bind_thread, get_logger
 from edge.pairing import Pairer
 from edge.postprocess import find_regions, judge
@@ -54,13 +62,34 @@ _PAIR_TICK = 0.05  # hardware trigger: how often part ids and exposures are pair
 _SKIP_LOG_EVERY_S = 10.0
 
 
+def _nothing() -> None:
+    """The settle of a trigger nobody has to acknowledge."""
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """One part in front of the camera, as a trigger input hands it to `Pipeline.trigger` (never blocking).
+
+    `received` is `time.monotonic()` when it arrived; the part is judged on the first frame captured after it.
+    `warning` (a problem with the trigger itself: an oversized payload, a part_id cut short) goes into the verdict.
+    `stale` says why the part must not be judged on a frame taken now; it gets an `error` verdict with that reason.
+    `settle()` runs once the part's verdict is durable (handed to the sinks): the trigger input acknowledges it then.
+    """
+
+    part_id: str | None = None
+    received: float = field(default_factory=time.monotonic)
+    warning: str | None = None
+    stale: str | None = None
+    settle: Callable[[], None] = _nothing
+
+
 @dataclass
 class Job:
     """One frame on its way to a verdict."""
 
     seq: int
     frame: Frame
-    part_id: str | None = None
+    trigger: Trigger | None = None
     error: str | None = None
     geometry: Geometry | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -123,9 +152,12 @@ class Pipeline:
         self._q_pre: queue.Queue[Job | None] = queue.Queue(size)
         self._q_infer: queue.Queue[Batch | None] = queue.Queue(size)
         self._q_post: queue.Queue[Batch | None] = queue.Queue(size)
-        self._q_sink: queue.Queue[tuple[Inspection, float] | None] = queue.Queue(size)
-        self._triggers: queue.Queue[tuple[str | None, float]] = queue.Queue()
+        self._q_sink: queue.Queue[tuple[Inspection, float, Trigger | None] | None] = queue.Queue(size)
+        self._triggers: queue.Queue[Trigger] = queue.Queue()
+        self.lost: list[int] = []  # seqs of verdicts a sink could neither keep nor deliver
+        self._triggered: dict[int, Trigger] = {}  # seq -> its trigger, settled once the verdict is published
         self._stopping = threading.Event()
+        self._stopped_at = math.inf
         self._done = threading.Event()
         self._threads: list[threading.Thread] = []
         self._last_dropped = 0
@@ -149,7 +181,9 @@ class Pipeline:
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """Stop capturing; frames already admitted are still judged and published (drain)."""
+        """Stop capturing; frames already admitted are still judged and published (drain), triggers served."""
+        if not self._stopping.is_set():
+            self._stopped_at = time.monotonic()
         self._stopping.set()
 
     @property
@@ -173,9 +207,9 @@ class Pipeline:
         self.stop()
         self.join(drain_timeout)
 
-    def trigger(self, part_id: str | None, received: float | None = None) -> None:
-        """Queue one inspection request (MQTT callback thread; never blocks). `received` is time.monotonic()."""
-        self._triggers.put((part_id, time.monotonic() if received is None else received))
+    def trigger(self, trigger: Trigger) -> None:
+        """Queue one part to inspect (called from a trigger input's thread; never blocks)."""
+        self._triggers.put(trigger)
 
     # plumbing ---------------------------------------------------------------------------------------------------
     def _stage(self, name: str, body: Callable[[], None]) -> None:
@@ -252,8 +286,10 @@ class Pipeline:
                 continue
             self._admit(frame, None)
 
-    def _admit(self, frame: Frame, part_id: str | None, error: str | None = None) -> None:
-        job = Job(self.seq.take(), frame, part_id, error or frame.error)
+    def _admit(self, frame: Frame, trigger: Trigger | None, error: str | None = None) -> None:
+        job = Job(self.seq.take(), frame, trigger, error or frame.error)
+        if trigger is not None:
+            self._triggered[job.seq] = trigger
         capture_ms = self._capture_ms.pop(frame.frame_id, None)
         self._capture_ms.clear()  # entries of skipped frames
         if capture_ms is not None:
@@ -279,20 +315,29 @@ class Pipeline:
         software = self.source if isinstance(self.source, SoftwareTriggered) else None
         if self.config.source.trigger != "software":
             software = None
-        while not self._stopping.is_set() and not self._enough():
+        timeout = self.config.pipeline.trigger_timeout_s
+        while not self._enough() and self.failed is None:
             self.stats.beat("capture")
+            if self._stopping.is_set() and time.monotonic() - self._stopped_at > timeout + 1.0:
+                return  # still more after the stop (the trigger input did not unsubscribe): those get errors
             try:
-                part_id, received = self._triggers.get(timeout=_TICK)
+                trigger = self._triggers.get(timeout=_TICK)
             except queue.Empty:
+                if self._stopping.is_set():
+                    return  # every trigger accepted before the stop was served
                 self._idle_live_source(polled=software is not None)
                 continue
-            if software is not None:
-                frame, error = self._exposure(software, received)
-            else:
-                frame, error = self._frame_after(received)
-            if frame is None:
-                frame = self.source.error_frame(error or "no frame")
-            self._admit(frame, part_id)
+            waited = time.monotonic() - trigger.received
+            frame: Frame | None = None
+            error = trigger.stale
+            if error is None and waited > timeout:
+                error = (f"trigger waited {waited:.1f} s for the camera, longer than pipeline.trigger_timeout_s "
+                         f"({timeout:g} s): part not inspected")
+            if error is None and software is not None:
+                frame, error = self._exposure(software, trigger.received)
+            elif error is None:
+                frame, error = self._frame_after(trigger.received)
+            self._admit(frame or self.source.error_frame(error or "no frame"), trigger)
             if self.source.finished:
                 return
 
@@ -326,15 +371,19 @@ class Pipeline:
 
     def _capture_paired(self) -> None:
         """Hardware trigger with part ids: every exposure is a part, paired with trigger messages (edge/pairing.py)."""
-        pairer = Pairer(self.config.pipeline.trigger_timeout_s, self.source.name)
+        pairer: Pairer[Trigger] = Pairer(self.config.pipeline.trigger_timeout_s, self.source.name)
         try:
-            while not self._stopping.is_set() and not self._enough():
+            while not self._stopping.is_set() and not self._enough() and self.failed is None:
                 self.stats.beat("capture")
                 while True:
                     try:
-                        pairer.part(*self._triggers.get_nowait())
+                        trigger = self._triggers.get_nowait()
                     except queue.Empty:
                         break
+                    if trigger.stale is not None:  # its exposure is long gone: never pair it with a later one
+                        self._admit(self.source.error_frame(trigger.stale), trigger)
+                    else:
+                        pairer.part(trigger, trigger.received)
                 frame = self._read(_PAIR_TICK)
                 if frame is not None and frame.outage:
                     self._admit(frame, None)  # an outage is not a part
@@ -369,11 +418,11 @@ class Pipeline:
     def _fail_pending_triggers(self, why: str) -> None:
         while True:
             try:
-                part_id, _ = self._triggers.get_nowait()
+                trigger = self._triggers.get_nowait()
             except queue.Empty:
                 return
             frame = self.source.error_frame(f"trigger not served: {why}")
-            self._admit(frame, part_id)
+            self._admit(frame, trigger)
 
     # 2. preprocess ----------------------------------------------------------------------------------------------
     def _preprocess(self) -> None:
@@ -557,7 +606,7 @@ class Pipeline:
     ) -> Verdict:
         return Verdict(
             seq=job.seq,
-            frame_id=job.frame.frame_id,
+            frame_id=self.seq.frame_base + job.frame.frame_id,
             ts=job.frame.ts,
             outcome=kind,  # type: ignore[arg-type]
             score=score,
@@ -565,10 +614,11 @@ class Pipeline:
             latency_ms=round((time.monotonic() - job.frame.mono) * 1000, 3),
             model=self.model,
             source=job.frame.source,
-            part_id=job.part_id,
+            part_id=job.trigger.part_id if job.trigger is not None else None,
             regions=regions,
             error=error,
             camera=job.frame.camera,
+            warning=job.trigger.warning if job.trigger is not None else None,
         )
 
     # 5. publish -------------------------------------------------------------------------------------------------
@@ -588,12 +638,10 @@ class Pipeline:
                 return
             inspection, mono = item
             t0 = time.perf_counter()
-            self.seq.publishing(inspection.verdict.seq)
-            for sink in self.sinks:
-                try:
-                    sink.publish(inspection)
-                except Exception:  # one sink's bug must not stop the others or the line (logged)
-                    log.exception("sink_publish_failed", sink=type(sink).__name__, seq=inspection.verdict.seq)
+            if self._hand_to_sinks(inspection):
+                trigger = self._triggered.pop(inspection.verdict.seq, None)
+                if trigger is not None:
+                    trigger.settle()
             seconds = time.perf_counter() - t0
             inspection.timings_ms["publish"] = round(seconds * 1000, 3)
             self.stats.observe("publish", seconds)
@@ -604,3 +652,29 @@ class Pipeline:
             self.published += 1
             if self.on_verdict is not None:
                 self.on_verdict(inspection)
+
+    def _hand_to_sinks(self, inspection: Inspection) -> bool:
+        """Publish to every sink; False when one lost the verdict (the pipeline then stops admitting frames).
+
+        The seq is recorded as used afterwards, lost or not: after the spool append, so a kill in between can only
+        make the next run reuse a number nobody saw, never leave a gap for a verdict that was kept.
+        """
+        verdict = inspection.verdict
+        kept = True
+        try:
+            for sink in self.sinks:
+                try:
+                    sink.publish(inspection)
+                except VerdictLostError as exc:
+                    kept = False
+                    self.lost.append(verdict.seq)
+                    self.stats.count("verdicts_lost")
+                    log.critical("verdicts_lost", seqs=[verdict.seq], error=str(exc), lost_total=len(self.lost),
+                                 action="admitting no more frames; exit code 1")
+                    self.failed = self.failed or exc
+                    self._stopping.set()
+                except Exception:  # one sink's bug must not stop the others or the line (logged)
+                    log.exception("sink_publish_failed", sink=type(sink).__name__, seq=verdict.seq)
+        finally:
+            self.seq.publishing(verdict.seq, verdict.frame_id)
+        return kept

@@ -14,6 +14,7 @@ from typing import Any
 
 STAGES: tuple[str, ...] = ("capture", "preprocess", "infer", "postprocess", "publish", "end_to_end")
 BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+COUNTERS: tuple[str, ...] = ("spool_write_failed", "spool_dropped", "no_subscribers", "verdicts_lost")
 _WINDOW = 1024  # recent samples kept per stage for percentiles
 _FPS_WINDOW_S = 10.0
 
@@ -73,6 +74,9 @@ class PipelineStats:
         self.queue_depths: dict[str, int] = {}
         self.broker_connected = False
         self.spool_depth = 0
+        # MQTT delivery counters: verdicts the spool could not store (and housekeeping writes that failed), verdicts
+        # the spool dropped (cap, damage), verdicts nobody subscribed to, verdicts lost for good
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.backend = ""
         self._hist = {stage: _Histogram() for stage in STAGES}
         self._beats: dict[str, float] = {}
@@ -117,6 +121,16 @@ class PipelineStats:
         """Set the current length of the queue after stage `name`."""
         with self._lock:
             self.queue_depths[name] = depth
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add `n` to one of COUNTERS."""
+        with self._lock:
+            self.counters[name] = self.counters.get(name, 0) + n
+
+    def set_counter(self, name: str, value: int) -> None:
+        """Set one of COUNTERS to a total kept elsewhere (the spool's own counts)."""
+        with self._lock:
+            self.counters[name] = value
 
     def set_broker(self, connected: bool, spool_depth: int | None = None) -> None:
         """Set the broker gauges (called by the MQTT sink)."""
@@ -178,6 +192,7 @@ class PipelineStats:
                 "queue_depths": dict(self.queue_depths),
                 "broker_connected": self.broker_connected,
                 "spool_depth": self.spool_depth,
+                **self.counters,
                 "backend": self.backend,
                 "latency": {stage: h.summary() for stage, h in self._hist.items()},
             }

@@ -54,6 +54,7 @@ class Verdict:
     regions: tuple[Region, ...] = ()
     error: str | None = None  # why, for outcome == "error"
     camera: CameraStamp | None = None  # GenICam: the camera's frame id and timestamp of the exposure
+    warning: str | None = None  # a problem with the trigger (payload over a cap, part_id cut short); key only when set
 
     def __post_init__(self) -> None:
         if self.outcome not in KINDS:
@@ -87,6 +88,8 @@ class Verdict:
         }
         if self.camera is not None:  # only GenICam frames: other sources' payloads stay as they were
             out["camera"] = {"frame_id": self.camera.frame_id, "timestamp_ns": self.camera.timestamp_ns}
+        if self.warning is not None:  # only a trigger with a problem: other payloads stay as they were
+            out["warning"] = self.warning
         return out
 
     def to_json(self) -> str:

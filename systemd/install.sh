@@ -73,7 +73,7 @@ ETC="$ROOT/etc/inspectd"
 UNIT_DIR="$ROOT/etc/systemd/system"
 UNIT="$UNIT_DIR/inspectd.service"
 DROPIN_DIR="$UNIT_DIR/inspectd.service.d"
-CREDENTIALS="mqtt_password mqtt_tls_key_password"
+CREDENTIALS="mqtt_password mqtt_tls_key_password source_password"
 
 systemctl_() {
     # systemctl only on the live system; a staging tree has no running systemd to talk to.

@@ -42,6 +42,7 @@ class Backend(Protocol):
     name: str
     max_batch: int
     input_shape: tuple[int, int, int]  # (H, W, 3)
+    model_file: str  # the bundle file that runs (FP32 or INT8 ONNX, or the engine): its hash is in every verdict
 
     @property
     def fatal(self) -> BaseException | None:

@@ -129,6 +129,7 @@ class OrtBackend:
 
         choice = choose_model(bundle, config, make)
         path, self.session, self.decision = choice.path, choice.session, choice.decision
+        self.model_file = path.relative_to(bundle.path).as_posix()
         self.provider = self.session.get_providers()[0]
         self.name = f"onnxruntime:{self.provider.removesuffix('ExecutionProvider').lower()}:{path.name}"
         self._check_io(bundle, path)

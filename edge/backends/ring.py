@@ -138,8 +138,9 @@ class RingBackend:
     """The Backend protocol over an Executor: ring order, batch limits, output views, device-lost handling."""
 
     def __init__(self, executor: Executor, *, name: str, max_batch: int, input_shape: tuple[int, int, int],
-                 slots: int) -> None:
+                 slots: int, model_file: str = "") -> None:
         self.name, self.max_batch, self.input_shape = name, max_batch, input_shape
+        self.model_file = model_file  # the bundle file that runs (its hash goes into every verdict)
         self.executor, self.ring = executor, Ring(slots)
         self.slots = [RingSlot(i, executor.input_buffer(i)) for i in range(slots)]
         self.fatal: DeviceLostError | None = None

@@ -364,4 +364,4 @@ def load(bundle: Bundle, config: ModelConfig) -> RingBackend:
              max_batch=max_batch, runs_at=executor.rows if executor.fixed else "batch size", slots=config.slots,
              cuda_graphs=sum(s.graph is not None for s in executor.slots))
     return RingBackend(executor, name=name, max_batch=max_batch, input_shape=(spec.height, spec.width, 3),
-                       slots=config.slots)
+                      slots=config.slots, model_file=engine_file)

@@ -1,8 +1,11 @@
-"""Where verdicts go: MQTT for the PLC (`mqtt.py`), ZeroMQ for the debug viewer (`zmq_debug.py`).
+"""Where verdicts go: MQTT for the PLC (`edge/mqtt/results.py`), ZeroMQ for the debug viewer (`zmq_debug.py`).
 
 A sink takes `Inspection`s from the pipeline's last stage. `publish` must return quickly (it runs on the pipeline
 thread; slow I/O belongs on the sink's own thread) and must never raise for a delivery problem: a broker outage is
-the sink's business (spool, retry), not a reason to stop judging parts. The daemon drives every sink the same way:
+the sink's business (spool, retry), not a reason to stop judging parts. The one exception is `VerdictLostError`: a
+sink that can neither keep nor deliver a verdict raises it, and the pipeline stops admitting frames (the daemon then
+exits non-zero). When `publish` returns, a delivery-tracking sink holds the verdict durably, so the pipeline may
+acknowledge the part's trigger. The daemon drives every sink the same way:
 periodic `publish_stats`, `wait_delivered` within the shutdown budget, then `close(deadline)`.
 """
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
+import imagesize
 import numpy as np
 
 from edge.errors import SourceError
@@ -57,6 +58,7 @@ class FolderSource:
         self.live = config.fps > 0  # paced like a camera: the pipeline may skip (and count) frames when behind
         self.finished = False
         self.loop = config.loop
+        self.max_pixels = config.max_pixels
         self._factory = FrameFactory(config.name)
         self._pacer = _Pacer(config.fps)
         self._next = 0
@@ -73,9 +75,8 @@ class FolderSource:
             self._next = 0
         path = self.files[self._next]
         self._next += 1
-        image = _imread(path)
+        image, why = _imread(path, self.max_pixels)
         if image is None:
-            why = f"cannot read image file {path.name} (empty, truncated or not an image)"
             return self._factory.make(None, error=why)
         frame = self._factory.make(image)
         if frame.error:
@@ -91,15 +92,32 @@ class FolderSource:
         self.finished = True
 
 
-def _imread(path: Path) -> np.ndarray | None:
-    """Decode as stored (IMREAD_UNCHANGED) so 16-bit or 4-channel files are reported, not silently converted."""
+def _imread(path: Path, max_pixels: int) -> tuple[np.ndarray | None, str | None]:
+    """(image, None) or (None, why): decoded as stored (IMREAD_UNCHANGED) so 16-bit or 4-channel files are reported.
+
+    The pixel count is read from the header first: a tiny file may claim 100000 x 100000 pixels (OpenCV then raises,
+    or a large-but-allowed one takes gigabytes), so anything over `source.max_pixels` is refused before decoding.
+    """
+    try:
+        width, height = imagesize.get(path)
+    except Exception:  # noqa: BLE001 - an unreadable header is for the decoder to judge
+        width = height = -1
+    if width > 0 and height > 0 and width * height > max_pixels:
+        return None, (f"image file {path.name} is {width}x{height} = {width * height} pixels, over source.max_pixels "
+                      f"({max_pixels}): not decoded")
     try:
         data = np.fromfile(path, np.uint8)
-    except OSError:
-        return None
+    except OSError as exc:
+        return None, f"cannot read image file {path.name}: {exc.strerror or exc}"
     if data.size == 0:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        return None, f"cannot read image file {path.name} (empty file)"
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # e.g. a header over OpenCV's own pixel limit, a corrupt stream
+        return None, f"cannot read image file {path.name}: OpenCV refused it ({str(exc).strip().splitlines()[-1]})"
+    if image is None:
+        return None, f"cannot read image file {path.name} (empty, truncated or not an image)"
+    return image, None
 
 
 class VideoSource:

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import cv2
 
@@ -37,6 +38,16 @@ def redact(uri: str) -> str:
     return re.sub(r"//[^/@\s]*@", "//***@", uri)
 
 
+def with_credentials(config: SourceConfig) -> str:
+    """`source.uri` with `source.username` and the password (env or credential, never the TOML) put in, if set."""
+    if not config.username or "://" not in config.uri:
+        return config.uri
+    scheme, rest = config.uri.split("://", 1)
+    password = config.password.get_secret_value() if config.password is not None else ""
+    user = quote(config.username, safe="") + (":" + quote(password, safe="") if password else "")
+    return f"{scheme}://{user}@{rest.split('@', 1)[-1]}"
+
+
 def gstreamer_available() -> bool:
     """Whether this OpenCV build has the GStreamer video I/O backend."""
     for line in cv2.getBuildInformation().splitlines():
@@ -51,7 +62,7 @@ def opener_for(config: SourceConfig) -> Callable[[], cv2.VideoCapture]:
     Raises:
         SourceError: kind is gstreamer but this OpenCV was built without GStreamer.
     """
-    uri = config.uri
+    uri = with_credentials(config)
     if config.kind == "v4l2":
         device: int | str = int(uri) if uri.isdigit() else uri
         return lambda: cv2.VideoCapture(device, cv2.CAP_V4L2)

@@ -349,7 +349,7 @@ def bench_naive(bundle: Bundle, config: Config, files: list[Path]) -> dict[str, 
 
     def one(seq: int, path: Path) -> None:
         ts, mono = time.time(), time.monotonic()
-        image = _imread(path)
+        image, _why = _imread(path, config.source.max_pixels)
         if image is None:
             msg = f"bench: cannot read {path}"
             raise ConfigError(msg)

@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.config import SourceConfig
-from edge.sinks.mqtt import no_delay
+from edge.mqtt.connection import no_delay
 from edge.sources.genicam import GenicamSource
 from edge.stats import PipelineStats
 from tests.cameras import FakeGigECamera

@@ -155,7 +155,8 @@ class TestDaemonStream:
         broker.stop()
         time.sleep(10)
         broker.start()
-        thread.join(40)
+        thread.join(120)  # bounds a hang only; it ends once the 450 verdicts are acknowledged
+        assert not thread.is_alive() and "exit_code" in outcome, "run_daemon hung or raised"
         assert outcome["exit_code"] == 0 and outcome["delivered"]
         assert results.wait_until(lambda m: len({json.loads(p)["seq"] for _, p, _ in m}) >= 450, timeout=20)
         ordered = in_order_without_duplicates(results.json())
@@ -179,7 +180,7 @@ class TestDaemonStream:
         assert results.wait_until(lambda m: len({json.loads(p)["seq"] for _, p, _ in m}) >= 12, timeout=20)
         ordered = in_order_without_duplicates(results.json())
         assert [r["seq"] for r in ordered] == list(range(12))
-        assert [r["frame_id"] for r in ordered] == [*range(8), *range(4)]
+        assert [r["frame_id"] for r in ordered] == list(range(12))  # frame_id carries on across restarts, like seq
 
 
 class TestDaemonTriggered:
@@ -198,8 +199,8 @@ class TestDaemonTriggered:
         thread = threading.Thread(target=lambda: outcome.update(run_daemon(config, stop=stop, base_dir=tmp_path)))
         thread.start()
         try:
-            assert status.wait_until(lambda m: any(p == b"online" for _, p, _ in m), timeout=10)
-            time.sleep(0.3)  # the trigger subscription follows the online message
+            # "online" comes after the trigger SUBACK: a trigger sent now is heard (no sleep, on any box)
+            assert status.wait_until(lambda m: any(p == b"online" for _, p, _ in m), timeout=30)
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
             client.connect(broker.host, broker.port)
             client.loop_start()
@@ -211,7 +212,8 @@ class TestDaemonTriggered:
             client.loop_stop()
         finally:
             stop.set()
-            thread.join(20)
+            thread.join(60)
+        assert not thread.is_alive() and "exit_code" in outcome, "run_daemon hung or raised"
         got = results.json()
         assert sorted(r["part_id"] for r in got) == parts
         assert [r["part_id"] for r in got] == parts  # and in trigger order
@@ -289,9 +291,9 @@ class TestDaemonProcess:
         assert outcome["exit_code"] == 0
         assert results.wait_until(lambda m: len({json.loads(p)["seq"] for _, p, _ in m}) >= killed_at + 5, timeout=20)
         seqs = [r["seq"] for r in in_order_without_duplicates(results.json())]
-        # at most one number may be missing: a kill between "seq about to be published" and the spool write
-        assert seqs == sorted(seqs) and len(seqs) >= seqs[-1] and seqs[-1] <= killed_at + 4
-        assert seqs[-5:] == list(range(killed_at, killed_at + 5))
+        assert seqs == list(range(seqs[-1] + 1))  # no seq missing: a SIGKILL loses no verdict
+        # the next run continues after the last verdict handed to the spool (seq.json, or the spool if it was later)
+        assert seqs[-5] in (killed_at, killed_at + 1)
 
     def test_bad_start_exits_2(self, bundle: Bundle, broker: Broker, tmp_path: Path) -> None:
         """A bad config, a tampered bundle or a forced int8 without INT8 stop start-up with exit code 2 and a message."""

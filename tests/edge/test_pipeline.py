@@ -15,7 +15,8 @@ import pytest
 from edge.backends import load_backend
 from edge.bundle import Bundle
 from edge.config import Config
-from edge.pipeline import Pipeline
+from edge.errors import VerdictLostError
+from edge.pipeline import Pipeline, Trigger
 from edge.seq import SeqCounter
 from edge.sources import open_source
 from edge.sources.live import LiveSource
@@ -237,7 +238,7 @@ class TestPipelineTriggered:
         sent_at = {}
         for i in range(10):
             sent_at[f"P{i}"] = time.time()
-            pipeline.trigger(f"P{i}", time.monotonic())
+            pipeline.trigger(Trigger(f"P{i}"))
         all_in.wait(30)
         pipeline.stop()
         assert pipeline.join(10)  # drained: a verdict beyond one per trigger would be in sink.items now
@@ -247,13 +248,65 @@ class TestPipelineTriggered:
         assert all(v.ts >= sent_at[v.part_id] for v in verdicts)  # type: ignore[index]
         assert [v.outcome for v in verdicts[:4]] == ["fail", "pass", "pass", "fail"]
 
+    def test_stale_late_and_flagged_triggers(self, bundle: Bundle, tmp_path: Path) -> None:
+        """Stale and too-late triggers get errors, never a later part's frame; warnings are kept; all are settled.
+
+        Each trigger is settled once, after its verdict reached the sinks.
+        """
+        write_frames(tmp_path / "in", 4)
+        config = make_config(tmp_path / "in", mode="triggered", trigger_timeout_s=1.0)
+        config.source.loop = True
+        pipeline, sink, _ = build(bundle, config)
+        settled: list[str] = []
+        done = threading.Event()
+
+        def settle(part: str) -> None:
+            assert part in {i.verdict.part_id for i in sink.items}  # after its verdict was handed over
+            settled.append(part)
+            if len(settled) == 4:
+                done.set()
+
+        triggers = [
+            Trigger("fresh", settle=lambda: settle("fresh")),
+            Trigger("redelivered", stale="trigger redelivered by the broker", settle=lambda: settle("redelivered")),
+            Trigger("late", received=time.monotonic() - 5.0, settle=lambda: settle("late")),
+            Trigger("flagged", warning="part_id truncated", settle=lambda: settle("flagged")),
+        ]
+        for trigger in triggers:
+            pipeline.trigger(trigger)
+        pipeline.start()
+        assert done.wait(20)
+        pipeline.stop()
+        assert pipeline.join(10)
+        verdicts = {i.verdict.part_id: i.verdict for i in sink.items}
+        assert verdicts["fresh"].outcome in {"pass", "fail"}
+        assert verdicts["redelivered"].outcome == "error" and "redelivered" in (verdicts["redelivered"].error or "")
+        assert verdicts["late"].outcome == "error" and "trigger_timeout_s" in (verdicts["late"].error or "")
+        assert verdicts["flagged"].warning == "part_id truncated" and verdicts["flagged"].outcome in {"pass", "fail"}
+        assert sorted(settled) == sorted(["fresh", "redelivered", "late", "flagged"])
+
+    def test_triggers_accepted_before_stop_are_still_judged(self, bundle: Bundle, tmp_path: Path) -> None:
+        """stop() with triggers queued: they are judged on frames (not errored) before capture ends."""
+        write_frames(tmp_path / "in", 4)
+        config = make_config(tmp_path / "in", mode="triggered")
+        config.source.loop = True
+        pipeline, sink, _ = build(bundle, config)
+        for i in range(5):
+            pipeline.trigger(Trigger(f"P{i}"))
+        pipeline.start()
+        pipeline.stop()
+        assert pipeline.join(20)
+        verdicts = [i.verdict for i in sink.items]
+        assert [v.part_id for v in verdicts] == [f"P{i}" for i in range(5)]
+        assert all(v.outcome in {"pass", "fail"} for v in verdicts), [v.error for v in verdicts]
+
     def test_no_frame_is_error_never_skipped(self, bundle: Bundle, tmp_path: Path) -> None:
         """Triggers after the source ran dry, or still queued at stop, get error verdicts: no part is dropped."""
         write_frames(tmp_path / "in", 2)
         config = make_config(tmp_path / "in", mode="triggered")
         pipeline, sink, _ = build(bundle, config)
         for i in range(5):
-            pipeline.trigger(f"P{i}", time.monotonic())
+            pipeline.trigger(Trigger(f"P{i}"))
         pipeline.run(drain_timeout=10)
         verdicts = [i.verdict for i in sink.items]
         assert [v.part_id for v in verdicts] == [f"P{i}" for i in range(5)]
@@ -296,7 +349,7 @@ class TestPipelineTriggered:
         pipeline.start()
         try:
             received = time.monotonic()
-            pipeline.trigger("P1", received)
+            pipeline.trigger(Trigger("P1", received))
             assert published.wait(20), "no verdict within 20 s of a trigger with trigger_timeout_s = 0.3"
             answered = time.monotonic()
         finally:
@@ -370,3 +423,41 @@ class TestPipelineCamera:
         (verdict,) = (i.verdict for i in sink.items)
         assert verdict.outcome == "error" and "camera cam0 lost: cannot open" in (verdict.error or "")
         assert stats.snapshot()["camera_outages"] == 1
+
+
+class LosingSink(ListSink):
+    """A sink that can neither keep nor deliver verdicts from seq `from_seq` on (what a full disk + no broker is)."""
+
+    def __init__(self, from_seq: int) -> None:
+        super().__init__()
+        self.from_seq = from_seq
+
+    def publish(self, inspection: Inspection) -> None:
+        """Keep the early ones; lose the rest."""
+        if inspection.verdict.seq >= self.from_seq:
+            msg = f"verdict seq {inspection.verdict.seq} lost"
+            raise VerdictLostError(msg)
+        super().publish(inspection)
+
+
+def test_a_lost_verdict_stops_admitting_frames(bundle: Bundle, tmp_path: Path) -> None:
+    """A sink raising VerdictLostError: the pipeline fails, admits nothing more, and records the lost seqs as used."""
+    write_frames(tmp_path / "in", 4)
+    config = make_config(tmp_path / "in")
+    config.source.loop = True
+    stats = PipelineStats()
+    source = open_source(config.source, stats=stats)
+    backend = load_backend(bundle, config.model)
+    sink = LosingSink(from_seq=5)
+    seq = SeqCounter(tmp_path / "seq.json")
+    pipeline = Pipeline(source, backend, [sink], config=config, model={"name": "tiny", "hash": "x"},
+                        color_order="BGR", stats=stats, seq=seq)
+    pipeline.start()
+    assert pipeline.join(20)  # it stopped by itself
+    assert isinstance(pipeline.failed, VerdictLostError)
+    assert [i.verdict.seq for i in sink.items] == list(range(5))
+    assert pipeline.lost and pipeline.lost[0] == 5 and pipeline.lost == list(range(5, 5 + len(pipeline.lost)))
+    assert pipeline.issued == 5 + len(pipeline.lost)  # admitted: kept + lost, nothing after the stop
+    seq.close(clean=False)
+    assert SeqCounter(tmp_path / "seq.json").next == pipeline.issued  # a lost seq is never reused
+    assert stats.snapshot()["verdicts_lost"] == len(pipeline.lost)

@@ -203,3 +203,26 @@ def tally(results: list[dict[str, Any]], first: int = 0) -> Tally:
 def python_cmd(code: str, *args: str) -> list[str]:
     """A `python -c` command line (daemons with a fault-injection seam)."""
     return [sys.executable, "-c", code, *args]
+
+
+def record(scenario: str, *, sent: int, received: int, different: int, lost: int | None = None,
+           note: str = "") -> None:
+    """Append one "Faults survived" row to $INSPECTD_FAULTS_REPORT (JSON lines), when that is set.
+
+    The README table is made from these: verdicts sent (or triggers accepted), received by the independent
+    subscriber (distinct seqs, or parts with a verdict), lost, duplicated with different content.
+    """
+    path = os.environ.get("INSPECTD_FAULTS_REPORT")
+    if not path:
+        return
+    row = {"scenario": scenario, "mode": "full" if FULL else "ci", "sent": sent, "received": received,
+           "lost": max(0, sent - received) if lost is None else lost, "different_duplicates": different,
+           "note": note}
+    with Path(path).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def record_seqs(scenario: str, sent: int, seen: Tally, note: str = "") -> None:
+    """`record` from a seq tally."""
+    record(scenario, sent=sent, received=seen.unique, lost=len(seen.gaps) + max(0, sent - 1 - max(seen.by_seq,
+           default=-1)), different=len(seen.different_duplicates), note=note)

@@ -19,7 +19,7 @@ from edge.config import load_config
 from edge.daemon import run_daemon
 from tests.conftest import Broker
 from tests.edge.test_daemon import PREFIX, write_config, write_frames
-from tests.faults.conftest import scale, tally
+from tests.faults.conftest import record_seqs, scale, tally
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -79,6 +79,7 @@ class TestHeldBrokerFaults:
         assert results.wait_until(lambda m: {json.loads(p)["seq"] for _, p, _ in m} >= set(range(stopped["published"])),
                                   20)
         seen = tally(results.json())
+        record_seqs(f"broker down {outage:g} s at {fps:g} fps, then 1.5 s more", stopped["published"], seen)
         assert (seen.gaps, seen.different_duplicates, seen.in_order) == ([], [], True)
         assert seen.unique == stopped["published"] >= outage * fps
         errors = [e for e in daemon.events() if e.get("level") in {"error", "critical"}]
@@ -102,6 +103,7 @@ class TestHeldBrokerFaults:
         published = daemon.events("daemon_stopped")[-1]["published"]
         assert results.wait_until(lambda m: {json.loads(p)["seq"] for _, p, _ in m} >= set(range(published)), 20)
         seen = tally(results.json())
+        record_seqs(f"broker frozen (SIGSTOP) {scale(8.0, 20.0):g} s at 10 fps", published, seen)
         assert (seen.gaps, seen.different_duplicates, seen.in_order) == ([], [], True)
 
 
@@ -136,4 +138,6 @@ class TestNoSubscribers:
         assert results.wait_for(20, 30)
         assert finish(thread, outcome)["exit_code"] == 0
         seen = tally(results.json())
+        record_seqs("mqtt.require_subscriber = true, clean-session subscriber 2 s late", 20, seen,
+                    note="without require_subscriber these 20 are acknowledged by the broker and dropped (0x10)")
         assert (seen.unique, seen.gaps, seen.in_order) == (20, [], True)

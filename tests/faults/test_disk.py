@@ -18,7 +18,7 @@ from edge.config import load_config
 from edge.daemon import run_daemon
 from tests.conftest import Broker, fill_disk
 from tests.edge.test_daemon import PREFIX, write_config, write_frames
-from tests.faults.conftest import tally
+from tests.faults.conftest import record_seqs, tally
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,8 +45,12 @@ class TestDiskFull:
         assert results.wait_for(15, 20), daemon.text()[-3000:]
         fill_disk(disk)
         assert daemon.wait(60) == 0, daemon.text()[-3000:]
-        assert results.wait_until(lambda m: len({json.loads(p)["seq"] for _, p, _ in m}) >= 120, 20)
+        assert results.wait_until(lambda m: len({json.loads(p)["seq"] for _, p, _ in m}) >= 120, 40), (
+            sorted(set(range(120)) - {r["seq"] for r in results.json()}),
+            [e for e in daemon.events() if e.get("level") in {"warning", "error", "critical"}][-20:],
+            daemon.events("daemon_stopped"))
         seen = tally(results.json())
+        record_seqs("spool disk full mid-stream, broker up (1 MiB tmpfs filled; 120 frames at 30 fps)", 120, seen)
         assert (seen.unique, seen.gaps, seen.different_duplicates, seen.in_order) == (120, [], [], True)
         failed = daemon.events("spool_write_failed")
         assert failed and failed[0]["level"] == "error"
@@ -86,6 +90,9 @@ class TestDiskFull:
         top = max(lost) + 3
         assert results.wait_until(lambda m: max((json.loads(p)["seq"] for _, p, _ in m), default=-1) >= top, 20)
         seen = tally(results.json())
+        record_seqs("spool disk full with the broker down (1 MiB tmpfs filled at 20 fps), restart", top + 1, seen,
+                    note=f"the daemon exits 1 naming the {len(lost)} verdicts it could not keep (seqs {lost}); "
+                    "everything spooled before is delivered")
         assert seen.gaps == lost  # exactly the verdicts the first daemon said it lost, nothing else
         assert seen.different_duplicates == [] and seen.in_order
 
@@ -120,6 +127,8 @@ class TestSpoolRecovery:
         assert second["exit_code"] == 1  # a verdict was lost: never exit 0
         assert results.wait_until(lambda m: {json.loads(p)["seq"] for _, p, _ in m} >= set(range(45)) - {10}, 20)
         seen = tally(results.json())
+        record_seqs("one flipped byte in spooled verdict 10 of 40, restart", 45, seen,
+                    note="storage damage: the damaged verdict is reported lost (seq 10), exit 1; the 39 others arrive")
         assert seen.gaps == [10] and seen.different_duplicates == []
         lost = [e for e in logs if e["event"] == "spool_record_corrupt"]
         assert lost and lost[0]["log_level"] == "error" and lost[0]["seqs"] == [10]

@@ -21,6 +21,7 @@ from edge.daemon import run_daemon
 from tests.bundles import blob_frame
 from tests.conftest import Broker
 from tests.edge.test_daemon import PREFIX, write_config
+from tests.faults.conftest import record_seqs, tally
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,6 +80,8 @@ def test_bad_files_each_get_an_error_verdict(bundle: Any, broker: Broker, mqtt_c
     assert outcome["exit_code"] == 0 and outcome["published"] == len(files)
     assert results.wait_for(len(files), 10)
     got = results.json()
+    record_seqs("bad files: 74-byte 100000x100000 PNG, truncated, empty, text, bit-flipped, 16-bit, RGBA, float "
+                "TIFF, over max_pixels", len(files), tally(got), note="8 error verdicts naming the cause")
     assert [r["seq"] for r in got] == list(range(len(files)))
     for r, (name, _, why) in zip(got, files, strict=True):
         if why is None:

@@ -20,7 +20,7 @@ from edge.config import load_config
 from edge.daemon import run_daemon
 from tests.conftest import Broker
 from tests.edge.test_daemon import PREFIX, write_config, write_frames
-from tests.faults.conftest import python_cmd, scale, tally
+from tests.faults.conftest import python_cmd, record_seqs, scale, tally
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -69,6 +69,7 @@ class TestSeqNeverReused:
         assert second["exit_code"] == 0
         assert results.wait_for(50, 30)
         seen = tally(results.json())
+        record_seqs("seq.json and seq.reserved deleted with 40 verdicts spooled, restart", 50, seen)
         assert seen.different_duplicates == [] and seen.gaps == [] and seen.unique == 50
 
     def test_kill_right_after_the_seq_is_recorded(self, bundle: Any, broker: Broker, mqtt_collector: Any,
@@ -80,8 +81,8 @@ class TestSeqNeverReused:
             "import os, signal, sys\n"
             "from edge import seq\n"
             "original = seq.SeqCounter.publishing\n"
-            "def publishing(self, n):\n"
-            "    original(self, n)\n"
+            "def publishing(self, n, *rest):\n"
+            "    original(self, n, *rest)\n"
             "    if n == 15:\n"
             "        os.kill(os.getpid(), signal.SIGKILL)\n"
             "seq.SeqCounter.publishing = publishing\n"
@@ -95,6 +96,7 @@ class TestSeqNeverReused:
         top = max(json.loads(p)["seq"] for p in results.payloads()) if results.messages else 0
         wait_all(results, max(top, 19))
         seen = tally(results.json())
+        record_seqs("SIGKILL right after seq 15 is recorded (seam), restart", max(seen.by_seq) + 1, seen)
         assert seen.gaps == [] and seen.different_duplicates == [] and seen.unique >= 20
 
 
@@ -119,6 +121,9 @@ class TestHeldRestarts:
         assert final.wait(60) == 0, final.text()[-3000:]
         wait_all(results, reached + 4)
         seen = tally(results.json())
+        kills = int(scale(3, 6))
+        record_seqs(f"SIGKILL x{kills} with the broker down, then the broker returns", max(seen.by_seq) + 1, seen,
+                    note="same-payload duplicates only")
         assert seen.gaps == [] and seen.different_duplicates == [] and seen.in_order
 
     def test_quick_start_stop_cycles(self, bundle: Any, broker: Broker, mqtt_collector: Any, daemons: Any,
@@ -142,6 +147,8 @@ class TestHeldRestarts:
         top = max(json.loads(p)["seq"] for p in results.payloads())
         wait_all(results, top)
         seen = tally(results.json())
+        record_seqs(f"{int(scale(6, 20))} quick start/stop cycles, SIGTERM/SIGINT/SIGKILL in turn", top + 1, seen,
+                    note="'offline' (or the Will) after every stop")
         assert seen.gaps == [] and seen.different_duplicates == []
 
 

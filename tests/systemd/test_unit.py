@@ -115,6 +115,7 @@ class TestUnitContents:
         assert "INSPECTD_MQTT__SPOOL_DIR=/var/lib/inspectd/spool" in d["Environment"]
         assert "mqtt_password:/etc/inspectd/credentials/mqtt_password" in d["LoadCredential"]
         assert "mqtt_tls_key_password:/etc/inspectd/credentials/mqtt_tls_key_password" in d["LoadCredential"]
+        assert "source_password:/etc/inspectd/credentials/source_password" in d["LoadCredential"]
 
     @pytest.mark.parametrize("dropin", ["gpu-nvidia.conf", "gpu-jetson.conf"])
     def test_device_allow_has_no_globs(self, dropin: str) -> None:

@@ -10,8 +10,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from edge.errors import ConfigError
-from edge.sinks import spool as spool_module
-from edge.sinks.spool import DB_NAME, Spool, SpoolError
+from edge.mqtt import spool as spool_module
+from edge.mqtt.spool import DB_NAME, Spool, SpoolError
 from tests.conftest import fill_disk
 
 
@@ -223,3 +223,14 @@ def test_disk_full_raises_spool_error_and_recovers(tmp_path: Path, small_disk: C
     assert spool.next_id == stored + 1
     seqs = [seq for _, seq in _drain(spool)]
     assert seqs[-1] == 99_999 and seqs[:-1] == list(range(stored))
+
+
+def test_rewind_skips_what_was_acknowledged_meanwhile(tmp_path: Path) -> None:
+    """After a rewind, records acknowledged out of order are not handed out again (no needless duplicates)."""
+    spool = Spool(tmp_path, max_bytes=1_000_000)
+    _fill(spool, range(5))
+    _drain(spool)
+    for rid in (1, 3):
+        spool.ack(rid)
+    spool.rewind(0)
+    assert [rid for rid, _ in _drain(spool)] == [0, 2, 4]

@@ -134,9 +134,8 @@ class Spool:
             problem = str(exc)
         except sqlite3.DatabaseError as exc:  # "file is not a database": the header itself is gone
             problem = str(exc)
-        if problem != "ok":
+        if problem != "ok" or db is None:
             db = self._salvage(path, db, problem)
-        assert db is not None  # noqa: S101 - _connect returned or _salvage made a fresh one
         self._load_state(db)
         return db
 
@@ -296,14 +295,21 @@ class Spool:
     def read_next(self) -> Record | None:
         """The next record not yet handed out (in rid order), or None when all have been.
 
-        A record that fails its CRC or cannot be read is dropped (counted, logged with its seq) and skipped.
+        A record that fails its CRC or cannot be read is dropped (counted, logged with its seq) and skipped; so is one
+        already acknowledged (after a `rewind`).
         """
         with self._lock:
-            while not self._ahead:
-                if self._cursor >= self.next_id:
-                    return None
-                self._read_ahead()
-            return self._ahead.pop()
+            while True:
+                while not self._ahead:
+                    if self._cursor >= self.next_id:
+                        return None
+                    before = self._cursor
+                    self._read_ahead()
+                    if not self._ahead and self._cursor == before:
+                        return None  # a read failed for now (I/O): the forwarder asks again on its next pass
+                record = self._ahead.pop()
+                if record.rid >= self.watermark and record.rid not in self._acked_ahead:
+                    return record  # (acknowledged ones come back only after a rewind: skipped)
 
     def _read_ahead(self) -> None:
         """Fetch the next rows from the cursor into the read-ahead, dropping damaged ones (lock held)."""
@@ -312,7 +318,10 @@ class Spool:
                 "SELECT rid, seq, crc, payload FROM records WHERE rid >= ? ORDER BY rid LIMIT ?",
                 (self._cursor, _READ_AHEAD),
             ).fetchall()
-        except sqlite3.DatabaseError:
+        except sqlite3.OperationalError as exc:  # I/O error, disk full, busy: not damage; the next read retries
+            self._housekeeping_failed("read spooled records", exc)
+            return
+        except sqlite3.DatabaseError:  # "malformed": read around the damaged page, one row at a time
             rows = self._read_one_by_one()
         if not rows:
             self._cursor = self.next_id
@@ -336,6 +345,8 @@ class Spool:
         while rid < self.next_id and len(rows) < _READ_AHEAD:
             try:
                 row = self._db.execute("SELECT rid, seq, crc, payload FROM records WHERE rid = ?", (rid,)).fetchone()
+            except sqlite3.OperationalError:
+                break  # not damage: stop here, the next read retries
             except sqlite3.DatabaseError:
                 row = (rid, -1, 0, None)
             if row is not None:

@@ -1,4 +1,9 @@
-"""The MQTT sink against a real Mosquitto: topics and payloads, Last Will, store-and-forward, TLS, passwords, 3.1.1."""
+"""MQTT against a real Mosquitto: topics and payloads, Last Will, store-and-forward, triggers, TLS, passwords, 3.1.1.
+
+Each test builds what the daemon builds: a `MqttConnection`, the `Spool`, the results `MqttSink` on it (and a
+`TriggerInput` where triggers matter), and waits on the events they expose (ready = SUBACK then "online", a failed
+connection attempt, everything delivered), never on a sleep.
+"""
 
 from __future__ import annotations
 
@@ -16,14 +21,19 @@ from typing import Any
 import cv2
 import jsonschema
 import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from edge.config import MqttConfig
 from edge.errors import ConfigError
+from edge.mqtt.connection import Backoff, MqttConnection
+from edge.mqtt.results import MqttSink
+from edge.mqtt.spool import Spool
+from edge.mqtt.triggers import TriggerInput, parse_trigger
+from edge.pipeline import Trigger
 from edge.sinks import Sink
-from edge.sinks.mqtt import MqttSink, parse_trigger
 from edge.stats import PipelineStats
 from edge.verdict import Inspection, Region, Verdict
 
@@ -91,34 +101,68 @@ def wait_for_seqs(collector: Any, n: int, timeout: float = 10.0) -> bool:
     return collector.wait_until(lambda msgs: {json.loads(p)["seq"] for _, p, _ in msgs} >= set(range(n)), timeout)
 
 
-@pytest.fixture
-def sink_factory(tmp_path: Path):
-    """Build sinks and close whatever a test leaves open."""
-    sinks: list[MqttSink] = []
+class Stack:
+    """Connection, spool and results sink as the daemon wires them; `close()` closes them in the daemon's order."""
 
-    def make(config: MqttConfig, **kwargs: Any) -> MqttSink:
-        sink = MqttSink(config, info=INFO, **kwargs)
-        sinks.append(sink)
-        return sink
+    def __init__(self, config: MqttConfig, stats: PipelineStats | None = None) -> None:
+        self.connection = MqttConnection(config, info=INFO, stats=stats)
+        self.spool = Spool(config.spool_dir, int(config.spool_max_mb * 1_000_000), config.spool_fsync)
+        self.sink = MqttSink(config, self.connection, self.spool, stats=stats)
+        self.closed = False
+
+    def start(self) -> Stack:
+        """Start connecting."""
+        self.connection.start()
+        return self
+
+    def close(self, within_s: float = 5.0) -> None:
+        """Results flushed, "offline" published, disconnected, spool closed."""
+        if self.closed:
+            return
+        self.closed = True
+        deadline = time.monotonic() + within_s
+        self.sink.close(deadline)
+        self.connection.close(deadline)
+        self.spool.close()
+
+
+@pytest.fixture
+def stack_factory():
+    """Build stacks (started unless `start=False`) and close whatever a test leaves open."""
+    stacks: list[Stack] = []
+
+    def make(config: MqttConfig, *, start: bool = True, **kwargs: Any) -> Stack:
+        stack = Stack(config, **kwargs)
+        stacks.append(stack)
+        return stack.start() if start else stack
 
     yield make
-    for sink in sinks:
-        sink.close(time.monotonic() + 1.0)
+    for stack in stacks:
+        stack.close(1.0)
 
 
-class TestMqttSinkTopics:
-    """Topics, payloads and properties of a connected sink."""
+def plc_client(broker: Any) -> mqtt.Client:
+    """A connected MQTT 5 publisher."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    return client
 
-    def test_results_arrive_in_order_and_match_the_schema(self, broker, mqtt_collector, sink_factory, tmp_path) -> None:
+
+class TestTopics:
+    """Topics, payloads and properties of a connected stack."""
+
+    def test_results_arrive_in_order_and_match_the_schema(self, broker, mqtt_collector, stack_factory,
+                                                           tmp_path) -> None:
         """Every verdict reaches <prefix>/result once, in seq order, small, valid against edge/result.schema.json."""
         config = make_config(broker.host, broker.port, tmp_path)
         results = mqtt_collector(f"{config.topic_prefix}/result", v5=True)
-        sink = sink_factory(config)
-        assert isinstance(sink, Sink)
+        stack = stack_factory(config)
+        assert isinstance(stack.sink, Sink)
         sent = inspections(range(30))
         for inspection in sent:
-            sink.publish(inspection)
-        assert sink.wait_delivered(10)
+            stack.sink.publish(inspection)
+        assert stack.sink.wait_delivered(10)
         assert results.wait_for(30, 10)
         assert result_seqs(results) == list(range(30))
         for (_, payload, props), inspection in zip(results.messages, sent, strict=True):
@@ -132,135 +176,177 @@ class TestMqttSinkTopics:
         """The schema is strict enough to fail: unknown keys, a bad verdict kind, an error without its reason."""
         good = make_verdict(0, "fail").to_dict()
         no_reason = make_verdict(1, "error").to_dict() | {"error": None}
-        for bad in (good | {"extra": 1}, good | {"verdict": "maybe"}, no_reason):
+        for bad in (good | {"extra": 1}, good | {"verdict": "maybe"}, no_reason, good | {"warning": ""}):
             with pytest.raises(jsonschema.ValidationError):
                 jsonschema.validate(bad, SCHEMA)
+        jsonschema.validate(make_verdict(2, "pass", warning="part_id truncated").to_dict(), SCHEMA)
 
-    def test_status_online_and_birth_info_are_retained(self, broker, mqtt_collector, sink_factory, tmp_path) -> None:
+    def test_status_online_and_birth_info_are_retained(self, broker, mqtt_collector, stack_factory,
+                                                       tmp_path) -> None:
         """A subscriber arriving after start-up gets the retained "online" and the JSON birth message."""
         config = make_config(broker.host, broker.port, tmp_path)
-        sink = sink_factory(config)
-        assert sink.wait_connected(5)
+        stack = stack_factory(config)
+        assert stack.connection.wait_ready(10)
         status = mqtt_collector(f"{config.topic_prefix}/status/#")
         assert status.wait_for(2, 5)
         got = {topic: payload for topic, payload, _ in status.messages}
         assert got[f"{config.topic_prefix}/status"] == b"online"
         assert json.loads(got[f"{config.topic_prefix}/status/info"]) == INFO
 
-    def test_close_publishes_retained_offline(self, broker, mqtt_collector, sink_factory, tmp_path) -> None:
+    def test_close_publishes_retained_offline(self, broker, mqtt_collector, stack_factory, tmp_path) -> None:
         """A clean close leaves "offline" retained on <prefix>/status (the Will is not sent on a clean disconnect)."""
         config = make_config(broker.host, broker.port, tmp_path)
-        sink = sink_factory(config)
-        assert sink.wait_connected(5)
-        sink.close()
+        stack = stack_factory(config)
+        assert stack.connection.wait_ready(10)
+        stack.close()
         late = mqtt_collector(f"{config.topic_prefix}/status")
         assert late.wait_for(1, 5)
         assert late.payloads() == [b"offline"]
 
-    def test_mask_png_for_failed_frames_with_v5_properties(self, broker, mqtt_collector, sink_factory, tmp_path):
+    def test_mask_png_for_failed_frames_with_v5_properties(self, broker, mqtt_collector, stack_factory, tmp_path):
         """A failed frame's mask arrives as a 1-bit PNG at frame size, content type image/png, user property seq."""
         config = make_config(broker.host, broker.port, tmp_path)
         masks = mqtt_collector(f"{config.topic_prefix}/mask/#", v5=True)
-        sink = sink_factory(config)
-        assert sink.wait_connected(5)  # masks are not spooled: sent when connected
+        stack = stack_factory(config)
+        assert stack.connection.wait_ready(10)  # masks are not spooled: sent when connected
         mask = np.zeros((16, 16), np.uint8)
         mask[4:8, 2:6] = 1
         frame = np.zeros((64, 48, 3), np.uint8)  # h=64, w=48: the mask is scaled 3x wide, 4x high
-        sink.publish(Inspection(make_verdict(0, "pass"), frame=frame, mask=np.zeros_like(mask)))
-        sink.publish(Inspection(make_verdict(1, "fail"), frame=frame, mask=mask))
-        assert sink.wait_delivered(5)
-        assert masks.wait_for(1, 5)
-        time.sleep(0.2)  # a pass mask, wrongly sent, would have arrived by now
-        assert len(masks.messages) == 1
+        stack.sink.publish(Inspection(make_verdict(0, "pass"), frame=frame, mask=np.zeros_like(mask)))
+        stack.sink.publish(Inspection(make_verdict(1, "fail"), frame=frame, mask=mask))
+        stack.sink.publish(Inspection(make_verdict(2, "fail"), frame=frame, mask=mask))  # the last: order is kept
+        assert masks.wait_for(2, 5)
+        assert [dict(props.UserProperty)["seq"] for _, _, props in masks.messages] == ["1", "2"]  # no pass mask
         topic, payload, props = masks.messages[0]
         assert topic == f"{config.topic_prefix}/mask"
         assert props.ContentType == "image/png"
-        assert ("seq", "1") in props.UserProperty
         image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
         assert image.shape == (64, 48)
         expected = np.zeros((64, 48), np.uint8)
         expected[16:32, 6:18] = 255
         np.testing.assert_array_equal(image, expected)
 
-    def test_mqtt_311_mode(self, broker, mqtt_collector, sink_factory, tmp_path) -> None:
+    @pytest.mark.parametrize(("mode", "expected"), [("never", []), ("always", ["0", "1"])])
+    def test_publish_mask_modes(self, broker, mqtt_collector, stack_factory, tmp_path, mode: str,
+                                expected: list[str]) -> None:
+        """publish_mask = "never" sends no mask at all, "always" one per frame, pass included."""
+        config = make_config(broker.host, broker.port, tmp_path, publish_mask=mode)
+        masks = mqtt_collector(f"{config.topic_prefix}/mask/#", v5=True)
+        results = mqtt_collector(f"{config.topic_prefix}/result", v5=True)
+        stack = stack_factory(config)
+        assert stack.connection.wait_ready(10)
+        mask = np.ones((8, 8), np.uint8)
+        stack.sink.publish(Inspection(make_verdict(0, "pass"), mask=mask))
+        stack.sink.publish(Inspection(make_verdict(1, "fail"), mask=mask))
+        assert results.wait_for(2, 5)
+        assert masks.wait_for(len(expected), 5)
+        # masks go out from the pipeline's thread before the forwarder sends the results, so they are all here now
+        assert [dict(props.UserProperty)["seq"] for _, _, props in masks.messages] == expected
+
+    def test_mqtt_311_mode(self, broker, mqtt_collector, stack_factory, tmp_path) -> None:
         """With protocol 3.1.1 results still arrive, and the mask goes to mask/<seq> (no properties in 3.1.1)."""
         config = make_config(broker.host, broker.port, tmp_path, protocol="3.1.1")
         everything = mqtt_collector(f"{config.topic_prefix}/#")
-        sink = sink_factory(config)
-        assert sink.wait_connected(5)
+        stack = stack_factory(config)
+        assert stack.connection.wait_ready(10)
         mask = np.ones((8, 8), np.uint8)
-        sink.publish(Inspection(make_verdict(0, "fail"), mask=mask))
-        sink.publish(Inspection(make_verdict(1, "pass")))
-        assert sink.wait_delivered(5)
+        stack.sink.publish(Inspection(make_verdict(0, "fail"), mask=mask))
+        stack.sink.publish(Inspection(make_verdict(1, "pass")))
+        assert stack.sink.wait_delivered(5)
         assert everything.wait_until(lambda msgs: len([m for m in msgs if m[0].endswith("/result")]) == 2, 5)
         topics = [topic for topic, _, _ in everything.messages]
         assert f"{config.topic_prefix}/mask/0" in topics
         assert f"{config.topic_prefix}/status" in topics
 
-    def test_unix_socket_transport(self, unix_broker, sink_factory, tmp_path) -> None:
+    def test_unix_socket_transport(self, unix_broker, stack_factory, tmp_path) -> None:
         """With transport "unix" the sink connects to the socket path given as host, and verdicts are acknowledged."""
         config = make_config(str(unix_broker.socket_path), 1883, tmp_path, transport="unix")
-        sink = sink_factory(config)
-        sink.publish(inspections(range(1))[0])
-        assert sink.wait_delivered(5), sink.connect_error
+        stack = stack_factory(config)
+        stack.sink.publish(inspections(range(1))[0])
+        assert stack.sink.wait_delivered(5), stack.connection.connect_error
 
-    def test_stats_topic(self, broker, mqtt_collector, sink_factory, tmp_path) -> None:
-        """publish_stats sends the snapshot plus the sink's own connection and spool numbers."""
+    def test_stats_topic(self, broker, mqtt_collector, stack_factory, tmp_path) -> None:
+        """publish_stats sends the snapshot plus the sink's own connection, spool and delivery numbers."""
         config = make_config(broker.host, broker.port, tmp_path)
         stats_topic = mqtt_collector(f"{config.topic_prefix}/stats")
         stats = PipelineStats()
-        sink = sink_factory(config, stats=stats)
-        assert sink.wait_connected(5)
-        sink.publish_stats(stats.snapshot())
+        stack = stack_factory(config, stats=stats)
+        assert stack.connection.wait_ready(10)
+        stack.sink.publish_stats(stats.snapshot())
         assert stats_topic.wait_for(1, 5)
         message = stats_topic.json()[0]
         assert message["broker_connected"] is True
-        assert message["mqtt"] == {"connected": True, "spool_depth": 0, "spool_dropped": 0, "masks_dropped": 0}
+        assert message["mqtt"] == {"connected": True, "spool_depth": 0, "spool_dropped": 0, "spool_write_failed": 0,
+                                   "masks_dropped": 0, "no_subscribers": 0}
 
-    def test_stats_gauges_follow_the_broker(self, broker, sink_factory, tmp_path) -> None:
+    def test_stats_gauges_follow_the_broker(self, broker, stack_factory, tmp_path) -> None:
         """broker_connected and spool_depth in PipelineStats track the connection and the backlog."""
         stats = PipelineStats()
-        sink = sink_factory(make_config(broker.host, broker.port, tmp_path), stats=stats)
-        assert sink.wait_connected(5)
+        stack = stack_factory(make_config(broker.host, broker.port, tmp_path), stats=stats)
+        assert stack.connection.wait_ready(10)
         assert stats.broker_connected is True
         broker.stop()
-        deadline = time.monotonic() + 5
-        while stats.broker_connected and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert stack.connection.wait_connect_failed(20)  # the reconnect failed: it noticed the broker is gone
         assert stats.broker_connected is False
         for inspection in inspections(range(3)):
-            sink.publish(inspection)
+            stack.sink.publish(inspection)
         assert stats.spool_depth == 3
 
-    def test_trigger_calls_back_once_per_message(self, broker, sink_factory, tmp_path) -> None:
-        """Each trigger message calls back with its part_id; malformed payloads still call back, with None."""
-        import paho.mqtt.client as mqtt
 
+class TestReconnects:
+    """Backoff and what an outage costs in the log."""
+
+    def test_backoff_sequence(self) -> None:
+        """Delays double from min to max and stay there; reset starts over."""
+        backoff = Backoff(0.1, 0.5)
+        assert [backoff.next() for _ in range(6)] == [0.1, 0.2, 0.4, 0.5, 0.5, 0.5]
+        backoff.reset()
+        assert backoff.next() == 0.1
+
+    def test_connection_waits_the_backoff_sequence(self, broker, stack_factory, tmp_path) -> None:
+        """With the broker down the connection waits min, 2 min, 4 min, ... max between attempts.
+
+        Checked on the delays it chose, in order, not on the clock.
+        """
+        config = make_config(broker.host, broker.port, tmp_path, reconnect_min_s=0.05, reconnect_max_s=0.3)
+        broker.stop()
+        stack = stack_factory(config)
+        deadline = time.monotonic() + 30
+        while len(stack.connection.delays) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stack.connection.delays[:6] == [0.05, 0.1, 0.2, 0.3, 0.3, 0.3]
+
+
+class TestTriggers:
+    """The trigger input on a real broker."""
+
+    def test_trigger_gives_one_trigger_per_message(self, broker, stack_factory, tmp_path) -> None:
+        """Each trigger message becomes one Trigger; malformed payloads still do, with part_id None and a warning."""
         config = make_config(broker.host, broker.port, tmp_path)
-        sink = sink_factory(config)
-        got: list[tuple[str | None, float]] = []
+        stack = stack_factory(config, start=False)
+        got: list[Trigger] = []
         done = threading.Event()
 
-        def on_trigger(part_id: str | None, received: float) -> None:
-            got.append((part_id, received))
+        def deliver(trigger: Trigger) -> None:
+            got.append(trigger)
+            trigger.settle()
             if len(got) == 4:
                 done.set()
 
-        sink.on_trigger(on_trigger)
-        assert sink.wait_connected(5)
-        time.sleep(0.2)  # let the SUBACK arrive
-        plc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        plc.connect(broker.host, broker.port)
-        plc.loop_start()
+        TriggerInput(stack.connection, config, deliver)
+        stack.start()
+        assert stack.connection.wait_ready(10)  # online follows the SUBACK: triggers are heard from now on
+        plc = plc_client(broker)
         try:
             for payload in (b'{"part_id": "A-17"}', b"not json", b'{"part_id": 42}', b""):
                 plc.publish(config.topic_prefix + "/trigger", payload, qos=1).wait_for_publish(5)
-            assert done.wait(5)
+            assert done.wait(10)
         finally:
             plc.disconnect()
             plc.loop_stop()
-        assert [p for p, _ in got] == ["A-17", None, "42", None]
-        assert all(t <= time.monotonic() for _, t in got)
+        assert [t.part_id for t in got] == ["A-17", None, "42", None]
+        assert [t.warning is not None for t in got] == [False, True, False, False]
+        assert all(t.stale is None and t.received <= time.monotonic() for t in got)
 
     @pytest.mark.parametrize(
         ("payload", "part_id", "warns"),
@@ -273,12 +359,18 @@ class TestMqttSinkTopics:
             (b"X1", None, True),  # not JSON: still a part, but say so
             (b"[1, 2]", None, True),  # JSON, but not an object
             (b"\xff\xfe", None, True),  # not even UTF-8
+            (b"[" * 50_000, None, True),  # too deep for the JSON parser (RecursionError)
+            (b'{"part_id": ' + b"9" * 5000 + b"}", None, True),  # an integer over Python's digit limit
+            (b'{"part_id": "' + b"x" * 300 + b'"}', "x" * 256, True),  # over the part_id cap: truncated
+            (b'{"part_id": "' + b"y" * 70_000 + b'"}', None, True),  # over mqtt.trigger_max_bytes: not read
         ],
     )
     def test_parse_trigger(self, payload: bytes, part_id: str | None, warns: bool) -> None:
-        """parse_trigger returns the part id or None, warning only when the payload is malformed."""
+        """parse_trigger never raises; it returns the part id (or None) and a warning only for a bad payload."""
         with capture_logs() as logs:
-            assert parse_trigger(payload) == part_id
+            got, warning = parse_trigger(payload, 65536)
+        assert got == part_id
+        assert (warning is not None) is warns
         assert any(e["event"] == "trigger_payload_invalid" for e in logs) is warns
 
 
@@ -286,10 +378,11 @@ _KILL_SCRIPT = """
 import json, sys, time
 from edge.config import MqttConfig
 from edge.log import configure
-from edge.sinks.mqtt import MqttSink
+from edge.mqtt.connection import MqttConnection
 configure("info", "json", sys.stderr)
-sink = MqttSink(MqttConfig(**json.loads(sys.argv[1])), info={"version": "test"})
-assert sink.wait_connected(10), sink.connect_error
+connection = MqttConnection(MqttConfig(**json.loads(sys.argv[1])), info={"version": "test"})
+connection.start()
+assert connection.wait_ready(10), connection.connect_error
 print("connected", flush=True)
 time.sleep(60)
 """
@@ -298,71 +391,71 @@ time.sleep(60)
 class TestStoreAndForward:
     """Broker outages and daemon restarts lose no verdict."""
 
-    def test_broker_outage_mid_stream_loses_nothing(self, broker, mqtt_collector, sink_factory, tmp_path) -> None:
+    def test_broker_outage_mid_stream_loses_nothing(self, broker, mqtt_collector, stack_factory, tmp_path) -> None:
         """Broker down for ~3 s mid-stream: every seq arrives after the restart, first deliveries in order."""
         config = make_config(broker.host, broker.port, tmp_path)
         results = mqtt_collector(f"{config.topic_prefix}/result")
-        sink = sink_factory(config)
-        assert sink.wait_connected(5)
+        stack = stack_factory(config)
+        assert stack.connection.wait_ready(10)
         seq = 0
         for _ in range(20):
-            sink.publish(inspections(range(seq, seq + 1))[0])
+            stack.sink.publish(inspections(range(seq, seq + 1))[0])
             seq += 1
-            time.sleep(0.01)
+            time.sleep(0.01)  # the line's pace, not a synchronisation
         broker.stop()
         outage_end = time.monotonic() + 3.0
         while time.monotonic() < outage_end:  # the line keeps producing verdicts while the broker is away
-            sink.publish(inspections(range(seq, seq + 1))[0])
+            stack.sink.publish(inspections(range(seq, seq + 1))[0])
             seq += 1
             time.sleep(0.05)
-        assert sink.spool_depth > 0
+        assert stack.sink.spool_depth > 0
         broker.start()
-        assert sink.wait_delivered(15), f"spool depth {sink.spool_depth}"
+        assert stack.sink.wait_delivered(30), f"spool depth {stack.sink.spool_depth}"
         assert wait_for_seqs(results, seq)
         got = result_seqs(results)
         first_seen = list(dict.fromkeys(got))
         assert first_seen == list(range(seq))  # nothing lost, in order
         assert len(got) - len(first_seen) <= config.max_inflight  # duplicates only from re-sent in-flight messages
 
-    def test_restart_while_broker_down_replays_the_spool(self, broker, mqtt_collector, sink_factory, tmp_path) -> None:
-        """A sink closed during an outage leaves its verdicts in the spool; the next one on that spool delivers them."""
+    def test_restart_while_broker_down_replays_the_spool(self, broker, mqtt_collector, stack_factory,
+                                                         tmp_path) -> None:
+        """A stack closed during an outage leaves its verdicts in the spool; the next one on that spool sends them."""
         config = make_config(broker.host, broker.port, tmp_path)
         results = mqtt_collector(f"{config.topic_prefix}/result")
-        first = sink_factory(config)
+        first = stack_factory(config)
         for inspection in inspections(range(5)):
-            first.publish(inspection)
-        assert first.wait_delivered(5)
+            first.sink.publish(inspection)
+        assert first.sink.wait_delivered(10)
         broker.stop()
         for inspection in inspections(range(5, 15)):
-            first.publish(inspection)
-        started = time.monotonic()
-        first.close()
-        assert time.monotonic() - started < 3.0  # closing during an outage does not hang
+            first.sink.publish(inspection)
+        closing = threading.Thread(target=first.close)
+        closing.start()
+        closing.join(30)
+        assert not closing.is_alive(), "closing during an outage hung"
         broker.start()
-        second = sink_factory(config)
-        assert second.spool_depth == 10
-        assert second.wait_delivered(10)
+        second = stack_factory(config)
+        assert second.sink.spool_depth == 10
+        assert second.sink.wait_delivered(20)
         assert wait_for_seqs(results, 15)
         assert list(dict.fromkeys(result_seqs(results))) == list(range(15))
 
-    def test_spool_cap_during_an_outage_keeps_the_newest(self, broker, mqtt_collector, sink_factory, tmp_path):
+    def test_spool_cap_during_an_outage_keeps_the_newest(self, broker, mqtt_collector, stack_factory, tmp_path):
         """At spool_max_mb the oldest verdicts go, with a warning and a count; the newest are delivered later."""
         config = make_config(broker.host, broker.port, tmp_path, spool_max_mb=0.01)
         results = mqtt_collector(f"{config.topic_prefix}/result")
-        sink = sink_factory(config)
-        assert sink.wait_connected(5)
+        stack = stack_factory(config)
+        assert stack.connection.wait_ready(10)
         broker.stop()
-        deadline = time.monotonic() + 5
-        while sink.connected and time.monotonic() < deadline:  # nothing may be in flight: all must go to the spool
-            time.sleep(0.01)
+        assert stack.connection.wait_connect_failed(20)  # nothing may be in flight: all must go to the spool
         with capture_logs() as logs:
             for inspection in inspections(range(120)):  # ~300 B each: 36 KB through a 10 KB spool
-                sink.publish(inspection)
+                stack.sink.publish(inspection)
         warnings = [e for e in logs if e["event"] == "spool_full_dropped_oldest"]
         dropped = sum(e["dropped"] for e in warnings)
         assert warnings and warnings[0]["log_level"] == "warning" and dropped > 0
         broker.start()
-        assert sink.wait_delivered(10)
+        assert stack.sink.wait_delivered(20)
         kept = list(range(dropped, 120))
         assert results.wait_until(lambda msgs: {json.loads(p)["seq"] for _, p, _ in msgs} >= set(kept), 10)
         assert list(dict.fromkeys(result_seqs(results))) == kept
@@ -379,12 +472,12 @@ class TestStoreAndForward:
         )
         try:
             assert proc.stdout is not None
-            ready, _, _ = select.select([proc.stdout], [], [], 15)
-            assert ready and proc.stdout.readline().strip() == b"connected", "sink subprocess did not connect"
+            ready, _, _ = select.select([proc.stdout], [], [], 30)
+            assert ready and proc.stdout.readline().strip() == b"connected", "connection subprocess did not connect"
             assert status.wait_until(lambda msgs: b"online" in [p for _, p, _ in msgs], 5)
             proc.send_signal(signal.SIGKILL)
             proc.wait(5)
-            assert status.wait_until(lambda msgs: msgs[-1][1] == b"offline", 5), status.payloads()
+            assert status.wait_until(lambda msgs: msgs[-1][1] == b"offline", 20), status.payloads()
         finally:
             proc.kill()
             proc.wait(5)
@@ -393,19 +486,19 @@ class TestStoreAndForward:
 class TestSecurity:
     """TLS and password listeners, and clear errors when credentials are wrong."""
 
-    def test_mutual_tls_with_encrypted_client_key(self, tls_broker, sink_factory, tmp_path) -> None:
+    def test_mutual_tls_with_encrypted_client_key(self, tls_broker, stack_factory, tmp_path) -> None:
         """Over a TLS listener that requires client certificates, verdicts are delivered and acknowledged."""
         tls = tls_broker.tls
         config = make_config(
             tls_broker.host, tls_broker.port, tmp_path, tls=True, tls_ca=tls.ca, tls_cert=tls.client_cert,
             tls_key=tls.client_key, tls_key_password=SecretStr(tls.client_key_password),
         )
-        sink = sink_factory(config)
+        stack = stack_factory(config)
         for inspection in inspections(range(3)):
-            sink.publish(inspection)
-        assert sink.wait_delivered(10), sink.connect_error
+            stack.sink.publish(inspection)
+        assert stack.sink.wait_delivered(20), stack.connection.connect_error
 
-    def test_tls_with_the_wrong_ca_is_refused_with_the_cause(self, tls_broker, sink_factory, tmp_path) -> None:
+    def test_tls_with_the_wrong_ca_is_refused_with_the_cause(self, tls_broker, stack_factory, tmp_path) -> None:
         """A server certificate not signed by mqtt.tls_ca fails the connection, and the error says why."""
         tls = tls_broker.tls
         config = make_config(
@@ -413,11 +506,11 @@ class TestSecurity:
             tls_key=tls.client_key, tls_key_password=SecretStr(tls.client_key_password),
         )
         with capture_logs() as logs:
-            sink = sink_factory(config)
-            assert not sink.wait_connected(1.0)
+            stack = stack_factory(config)
+            assert stack.connection.wait_connect_failed(20)
         failed = [e for e in logs if e["event"] == "mqtt_connect_failed"]
         assert failed and "certificate verify failed" in failed[0]["error"]
-        assert "certificate verify failed" in (sink.connect_error or "")
+        assert "certificate verify failed" in (stack.connection.connect_error or "")
 
     def test_wrong_key_passphrase_is_a_config_error(self, tls_broker, tmp_path) -> None:
         """A wrong client-key passphrase fails at start-up and names the setting to fix."""
@@ -427,26 +520,26 @@ class TestSecurity:
             tls_key=tls.client_key, tls_key_password=SecretStr("wrong"),
         )
         with pytest.raises(ConfigError, match="INSPECTD_MQTT__TLS_KEY_PASSWORD"):
-            MqttSink(config, info=INFO)
+            MqttConnection(config, info=INFO)
 
-    def test_password_listener(self, password_broker, sink_factory, tmp_path) -> None:
+    def test_password_listener(self, password_broker, stack_factory, tmp_path) -> None:
         """With the right user name and password verdicts are delivered."""
         b = password_broker
         config = make_config(b.host, b.port, tmp_path, username=b.username, password=SecretStr(b.password))
-        sink = sink_factory(config)
-        sink.publish(inspections(range(1))[0])
-        assert sink.wait_delivered(5), sink.connect_error
+        stack = stack_factory(config)
+        stack.sink.publish(inspections(range(1))[0])
+        assert stack.sink.wait_delivered(10), stack.connection.connect_error
 
-    def test_wrong_password_is_a_clear_error(self, password_broker, sink_factory, tmp_path) -> None:
+    def test_wrong_password_is_a_clear_error(self, password_broker, stack_factory, tmp_path) -> None:
         """A refused login is logged as an error naming the reason and where the password comes from."""
         b = password_broker
         config = make_config(b.host, b.port, tmp_path, username=b.username, password=SecretStr("nope"))
         with capture_logs() as logs:
-            sink = sink_factory(config)
-            assert not sink.wait_connected(1.0)
-            sink.publish(inspections(range(1))[0])
+            stack = stack_factory(config)
+            assert stack.connection.wait_connect_failed(20)
+            stack.sink.publish(inspections(range(1))[0])
         refused = [e for e in logs if e["event"] == "mqtt_connect_refused"]
         assert refused and refused[0]["log_level"] == "error"
         assert refused[0]["reason"] in {"Not authorized", "Bad user name or password"}
         assert "INSPECTD_MQTT__PASSWORD" in refused[0]["hint"]
-        assert sink.spool_depth == 1  # the verdict waits in the spool, not lost
+        assert stack.sink.spool_depth == 1  # the verdict waits in the spool, not lost

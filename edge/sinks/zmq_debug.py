@@ -21,7 +21,9 @@ viewer only loses debug frames. ZMQ_CONFLATE is not used: it keeps only the last
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import itertools
 import json
 import math
 import threading
@@ -87,6 +89,48 @@ def _curve_keys(path: Path, what: str) -> tuple[bytes, bytes | None]:
         msg = f"{what} {path} is not a zmq.auth certificate file: {exc}"
         raise ConfigError(msg) from None
     return public, secret
+
+
+class _ClientKeys:
+    """One sink's CURVE client rule: any client that knows the server key (`keys` None), or only these public keys."""
+
+    def __init__(self, keys: set[bytes] | None) -> None:
+        self.keys = keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """The credentials-provider hook pyzmq calls: may the client with this z85 public key connect?"""
+        return self.keys is None or key in self.keys
+
+
+_AUTH_LOCK = threading.Lock()
+_ZAP_DOMAINS = itertools.count(1)
+
+
+@functools.cache
+def _authenticator() -> ThreadAuthenticator:
+    """The process-wide ZAP authenticator, started on first use and never stopped (like the context).
+
+    One per sink meant binding inproc://zeromq.zap.01 and an inproc pipe named after id() again for every sink on
+    the shared context; that churn aborted the process inside libzmq under load (seen in the tests). Each sink
+    registers its own ZAP domain here instead, and its socket names it.
+    """
+    auth = ThreadAuthenticator(zmq.Context.instance())
+    auth.start()
+    return auth
+
+
+def _register_clients(clients: _ClientKeys) -> str:
+    """A fresh ZAP domain whose CURVE clients `clients` decides."""
+    with _AUTH_LOCK:
+        domain = f"inspectd-debug-{next(_ZAP_DOMAINS)}"
+        _authenticator().configure_curve_callback(domain, clients)
+    return domain
+
+
+def _unregister_clients(domain: str) -> None:
+    """Forget a closed sink's domain: nobody is admitted under it any more."""
+    with _AUTH_LOCK:
+        _authenticator().credentials_providers.pop(domain, None)
 
 
 def encode_message(
@@ -195,7 +239,7 @@ class DebugSink:
         # TCP pipe is still being torn down aborted the process inside libzmq (seen in the tests). Sockets are
         # closed with LINGER 0, so nothing is left queued.
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        self._auth: ThreadAuthenticator | None = None
+        self._zap_domain: str | None = None
         self._sock = self._ctx.socket(zmq.PUB)
         try:
             self._sock.setsockopt(zmq.SNDHWM, config.hwm)
@@ -225,16 +269,18 @@ class DebugSink:
         if not secret:
             msg = f"debug.curve_secret_key {secret_key} holds only a public key; give the .key_secret file"
             raise ConfigError(msg)
-        self._auth = ThreadAuthenticator(self._ctx)
-        self._auth.start()
+        keys: set[bytes] | None = None  # encrypted, and any client that knows the server's public key may connect
         if clients_dir is not None:
             if not clients_dir.is_dir():
                 msg = f"debug.curve_clients_dir {clients_dir} is not a folder of client public keys"
                 raise ConfigError(msg)
-            self._auth.configure_curve(domain="*", location=str(clients_dir))
-        else:
-            # Encrypted, and only clients that know the server's public key can connect; any client key accepted.
-            self._auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
+            try:
+                keys = set(zmq.auth.load_certificates(clients_dir))
+            except (ValueError, OSError) as exc:
+                msg = f"debug.curve_clients_dir {clients_dir} holds a file that is not a zmq.auth certificate: {exc}"
+                raise ConfigError(msg) from None
+        self._zap_domain = _register_clients(_ClientKeys(keys))
+        self._sock.zap_domain = self._zap_domain.encode()
         self._sock.curve_secretkey = secret
         self._sock.curve_publickey = public
         self._sock.curve_server = True
@@ -293,9 +339,9 @@ class DebugSink:
 
     def _close_socket(self) -> None:
         self._sock.close(linger=0)
-        if self._auth is not None:
-            self._auth.stop()
-            self._auth = None
+        if self._zap_domain is not None:
+            _unregister_clients(self._zap_domain)
+            self._zap_domain = None
 
     def _run(self) -> None:
         bind_thread(stage="debug")

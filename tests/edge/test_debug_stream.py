@@ -242,7 +242,7 @@ class TestDebugSink:
             stalled.close()
 
     def test_curve_only_admits_clients_with_server_key(self, ctx: zmq.Context, tmp_path: Path) -> None:
-        """With CURVE keys, a client that knows the server's public key receives; a plain client gets nothing."""
+        """With CURVE keys only clients in curve_clients_dir receive (a plain one or a stranger gets nothing)."""
         server_pub, server_sec = zmq.auth.create_certificates(tmp_path, "server")
         clients = tmp_path / "clients"
         clients.mkdir()
@@ -251,17 +251,25 @@ class TestDebugSink:
         cpub, csec = zmq.auth.load_certificate(client_sec)
         spub, _ = zmq.auth.load_certificate(server_pub)
         config = loopback(fps=50, curve_secret_key=Path(server_sec), curve_clients_dir=clients)
+        stranger_pub, stranger_sec = zmq.curve_keypair()  # knows the server key, but is not in curve_clients_dir
         with DebugSink(config) as sink:
             plain = subscriber(ctx, sink.endpoint)
+            stranger = subscriber(ctx, sink.endpoint, curve_serverkey=spub, curve_publickey=stranger_pub,
+                                  curve_secretkey=stranger_sec)
             good = subscriber(ctx, sink.endpoint, curve_serverkey=spub, curve_publickey=cpub, curve_secretkey=csec)
             parts = receive_one(good, sink)
             assert decode_message(parts).header["verdict"] == "fail"
-            for seq in range(100, 110):
+            for seq in range(100, 110):  # the good client has its frames: the others had as long
                 sink.publish(make_inspection(seq))
-                time.sleep(0.03)
+                assert good.poll(10_000), "the admitted client stopped receiving"
+                good.recv_multipart()
             assert not plain.poll(300), "a client without CURVE keys received debug frames"
-            plain.close()
-            good.close()
+            assert not stranger.poll(300), "a client whose key is not in curve_clients_dir received debug frames"
+        # without curve_clients_dir any client that knows the server key is admitted (the same stranger, a new sink)
+        with DebugSink(loopback(fps=50, curve_secret_key=Path(server_sec))) as sink:
+            stranger = subscriber(ctx, sink.endpoint, curve_serverkey=spub, curve_publickey=stranger_pub,
+                                  curve_secretkey=stranger_sec)
+            assert decode_message(receive_one(stranger, sink)).header["verdict"] == "fail"
 
     def test_curve_key_file_errors(self, tmp_path: Path) -> None:
         """A missing CURVE key file is refused with the file named."""

@@ -133,7 +133,7 @@ class TestHeldRestarts:
         status = mqtt_collector(f"{PREFIX}/status")
         path = looping_config(tmp_path, broker, bundle)
         signals = [signal.SIGTERM, signal.SIGINT, signal.SIGKILL]
-        for i in range(int(scale(6, 20))):
+        for i in range(int(scale(3, 20))):
             n = len(status.messages)
             daemon = daemons(path)
             assert status.wait_until(lambda m, n=n: b"online" in [p for _, p, _ in m[n:]], 20), daemon.text()
@@ -147,7 +147,7 @@ class TestHeldRestarts:
         top = max(json.loads(p)["seq"] for p in results.payloads())
         wait_all(results, top)
         seen = tally(results.json())
-        record_seqs(f"{int(scale(6, 20))} quick start/stop cycles, SIGTERM/SIGINT/SIGKILL in turn", top + 1, seen,
+        record_seqs(f"{int(scale(3, 20))} quick start/stop cycles, SIGTERM/SIGINT/SIGKILL in turn", top + 1, seen,
                     note="'offline' (or the Will) after every stop")
         assert seen.gaps == [] and seen.different_duplicates == []
 

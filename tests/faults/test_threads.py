@@ -32,6 +32,7 @@ class TestDaemonFailsLoudly:
     def run(self, broker: Broker, bundle: Any, tmp_path: Path, **extra: Any) -> tuple[dict[str, Any], list[Any]]:
         frames = tmp_path / "frames"
         write_frames(frames, 5)
+        extra.setdefault("pipeline", {}).setdefault("shutdown_timeout_s", 2.0)  # a dead forwarder delivers nothing
         path = write_config(tmp_path, broker, bundle, frames, source={"loop": True, "fps": 20}, **extra)
         outcome: dict[str, Any] = {}
         with capture_logs() as logs:

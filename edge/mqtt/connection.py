@@ -159,6 +159,7 @@ class MqttConnection:
         prefix = config.topic_prefix
         self.status_topic = f"{prefix}/status"
         self.info_topic = f"{prefix}/status/info"
+        self.trigger_topic = f"{prefix}/trigger"
         self.v5 = config.protocol == "5"
         self._info_payload = json.dumps(info, separators=(",", ":"), default=str).encode()
         self._stats = stats
@@ -219,6 +220,7 @@ class MqttConnection:
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
+        client.on_message = self._on_unwanted_message
         return client
 
     def _set_tls(self, client: mqtt.Client) -> None:
@@ -354,8 +356,11 @@ class MqttConnection:
                 self.connect_error = None
                 subs = {topic: qos for topic, (qos, _) in self._subs.items()}
                 self._suback_pending = set()
-            self._outage.ended(bool(getattr(flags, "session_present", False)))
+            session = bool(getattr(flags, "session_present", False))
+            self._outage.ended(session)
             self._update_stats()
+            if session and self.trigger_topic not in subs:  # a triggered-mode run's session: drop what it kept
+                client.unsubscribe(self.trigger_topic)
             for topic, qos in subs.items():
                 self._send_subscribe(topic, qos)
             if not subs:
@@ -419,6 +424,16 @@ class MqttConnection:
                     self._early[mid] = (reason, now)
                     return
             callback(reason)
+
+    def _on_unwanted_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """A message no subscription of this run wants (a session kept from an earlier run): acknowledge, say so."""
+        with guarded(self._supervisor, "mqtt-on-message"):
+            log.warning("mqtt_message_ignored", topic=msg.topic, note="kept by the broker for an earlier run of this "
+                        "client id (e.g. a trigger while pipeline.mode was 'triggered'); not inspected")
+            if msg.qos > 0:
+                with self._cond:
+                    epoch = self.epoch
+                self.ack(msg.mid, msg.qos, epoch)
 
     def _message_handler(self, topic: str) -> Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]:
         def handle(_client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:

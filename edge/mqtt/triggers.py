@@ -70,7 +70,7 @@ class TriggerInput:
     """
 
     def __init__(self, connection: MqttConnection, config: MqttConfig, deliver: Callable[[Trigger], None]) -> None:
-        self.topic = f"{config.topic_prefix}/trigger"
+        self.topic = connection.trigger_topic
         self.max_bytes = config.trigger_max_bytes
         self._connection = connection
         self._deliver = deliver

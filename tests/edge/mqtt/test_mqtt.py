@@ -348,6 +348,31 @@ class TestTriggers:
         assert [t.warning is not None for t in got] == [False, True, False, False]
         assert all(t.stale is None and t.received <= time.monotonic() for t in got)
 
+    def test_a_later_continuous_run_drops_the_kept_trigger_subscription(self, broker, stack_factory,
+                                                                         tmp_path) -> None:
+        """The persistent session of a triggered run keeps its subscription; a run without triggers removes it."""
+        config = make_config(broker.host, broker.port, tmp_path)
+        triggered = stack_factory(config, start=False)
+        TriggerInput(triggered.connection, config, lambda trigger: trigger.settle())
+        triggered.start()
+        assert triggered.connection.wait_ready(10)
+        triggered.close()
+        plc = plc_client(broker)
+        reasons: list[str] = []
+        plc.on_publish = lambda _c, _u, _mid, reason, _p: reasons.append(str(reason))
+        try:
+            plc.publish(config.topic_prefix + "/trigger", b"{}", qos=1).wait_for_publish(5)
+            assert reasons == ["Success"]  # the session still subscribes while nobody is connected
+            continuous = stack_factory(config)
+            assert continuous.connection.wait_ready(10)
+            deadline = time.monotonic() + 20
+            while reasons[-1] != "No matching subscribers" and time.monotonic() < deadline:
+                plc.publish(config.topic_prefix + "/trigger", b"{}", qos=1).wait_for_publish(5)
+        finally:
+            plc.disconnect()
+            plc.loop_stop()
+        assert reasons[-1] == "No matching subscribers"
+
     @pytest.mark.parametrize(
         ("payload", "part_id", "warns"),
         [

@@ -187,6 +187,7 @@ class MqttConnection:
             self._connect_props = Properties(PacketTypes.CONNECT)
             self._connect_props.SessionExpiryInterval = config.session_expiry_s
             self._connect_props.ReceiveMaximum = _RECEIVE_MAXIMUM
+        self._paho_alive = time.monotonic()  # last sign of life of paho's network thread (any log line)
         self._client = self._make_client()
         self._thread: threading.Thread | None = None
 
@@ -221,6 +222,7 @@ class MqttConnection:
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
         client.on_message = self._on_unwanted_message
+        client.on_log = self._on_paho_log
         return client
 
     def _set_tls(self, client: mqtt.Client) -> None:
@@ -315,13 +317,19 @@ class MqttConnection:
                 self._outage.failed(str(exc))
                 self._failed_attempt.set()
                 return False
+            self._paho_alive = time.monotonic()
             self._client.loop_start()
         return True
 
     def _serve_connection(self) -> bool:
-        """Wait until the connection ends (or `close`); True when the broker had accepted it."""
+        """Wait until the connection ends (or `close`); True when the broker had accepted it.
+
+        Beats only while paho's network thread shows signs of life (it logs every packet, and pings at least every
+        keepalive): a hung paho thread stops the beat, so the watchdog and the supervisor's stuck check see it.
+        """
         while not self._down.wait(1.0):
-            self._beat()
+            if time.monotonic() - self._paho_alive <= 2 * self.config.keepalive_s + 5.0:
+                self._beat()
             if self._stopping.is_set():
                 return self._accepted
         self._client.loop_stop()  # paho's thread has left its loop (reconnect_on_failure is off): join it
@@ -424,6 +432,10 @@ class MqttConnection:
                     self._early[mid] = (reason, now)
                     return
             callback(reason)
+
+    def _on_paho_log(self, _client: mqtt.Client, _userdata: Any, _level: int, _buf: str) -> None:
+        """Any paho log line (every packet, every ping) is a sign that its network thread is alive."""
+        self._paho_alive = time.monotonic()
 
     def _on_unwanted_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         """A message no subscription of this run wants (a session kept from an earlier run): acknowledge, say so."""

@@ -317,6 +317,22 @@ class TestReconnects:
         assert stack.connection.delays[:6] == [0.05, 0.1, 0.2, 0.3, 0.3, 0.3]
 
 
+    def test_a_silent_paho_thread_stops_the_beat(self, broker, stack_factory, tmp_path) -> None:
+        """The connection beats for paho's network thread too: when paho shows no life, the beat stops (watchdog)."""
+        stats = PipelineStats()
+        stack = stack_factory(make_config(broker.host, broker.port, tmp_path), stats=stats)
+        assert stack.connection.wait_ready(10)
+        deadline = time.monotonic() + 10
+        while "mqtt-connection" not in stats.last_beats() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stack.connection._paho_alive = -1e9  # what a hung paho thread looks like: no log line, no ping, for ages
+        stack.connection._client.on_log = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() - stats.last_beats()["mqtt-connection"] < 2.5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert time.monotonic() - stats.last_beats()["mqtt-connection"] >= 2.5, "still beating for a silent paho"
+
+
 class TestTriggers:
     """The trigger input on a real broker."""
 

@@ -187,8 +187,8 @@ class TestLiveSource:
             assert "stalled" in (frames[1].error or "") and "pw" not in (frames[1].error or "")
             assert len(opened) >= 2
         finally:
+            release.set()  # first: close() waits for its readers, and a stuck one returns only once released
             source.close()
-            release.set()
 
     def test_backoff_doubles_to_max_and_restarts_after_frames(self, tmp_path: Path) -> None:
         """Reconnect delays double from reconnect_min_s up to reconnect_max_s and never give up.

@@ -83,7 +83,7 @@ class TestSeeding:
     def test_same_seed_same_weights(self):
         """Two runs with one seed give identical weights and losses; another seed differs."""
         images = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
-        params = {**registry.get("ssim_ae").tiny, "steps": 2, "batch_size": 2, "crop_size": 16}
+        params = {**registry.get("ssim_ae").tiny, "steps": 2, "batch_size": 2, "patch": 32}
         a, _, la = registry.train("ssim_ae", images, params, (32, 32), seed=3, progress=False)
         b, _, lb = registry.train("ssim_ae", images, params, (32, 32), seed=3, progress=False)
         c, _, _ = registry.train("ssim_ae", images, params, (32, 32), seed=4, progress=False)

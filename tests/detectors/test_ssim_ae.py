@@ -15,7 +15,7 @@ from detectors.ssim_ae.model import SSIMMap  # noqa: E402
 from detectors.training import lr_factor, seed_everything  # noqa: E402
 
 # constant lr: 60 steps are too few for warm-up plus cosine decay to show a falling loss
-TINY = {"width": 8, "depth": 3, "latent": 8, "batch_size": 4, "crop_size": 32, "lr": 3e-3, "schedule": "constant"}
+TINY = {"width": 4, "latent": 8, "patch": 32, "stride": 16, "batch_size": 4, "lr": 3e-3, "schedule": "constant"}
 
 
 def _stripes(n: int = 3, size: int = 48) -> np.ndarray:
@@ -56,25 +56,48 @@ class TestSSIMAutoencoder:
     """The SSIMAutoencoder module's eval forward and build checks."""
 
     @pytest.mark.parametrize(
-        ("channels", "residual", "size"),
+        ("channels", "residual", "mode", "size"),
         [
-            (1, "ssim", (32, 32)),  # the paper's setting
-            (3, "l2", (40, 56)),  # RGB, L2 residual, size not a multiple of the stride (padded and cropped)
+            (1, "ssim", "patches", (32, 32)),  # the paper's setting: one patch
+            (3, "l2", "patches", (40, 56)),  # RGB, L2 residual, tiles flush with the far edges
+            (1, "ssim", "whole", (48, 64)),  # objects: resized to one patch and back
         ],
     )
-    def test_eval_forward_shapes(self, channels: int, residual: str, size: tuple[int, int]) -> None:
+    def test_eval_forward_shapes(self, channels: int, residual: str, mode: str, size: tuple[int, int]) -> None:
         """Eval forward returns float32 score (B,) and map (B, 1, H, W) at the input size."""
-        model = _build({**TINY, "channels": channels, "residual": residual}, size).eval()
+        model = _build({**TINY, "channels": channels, "residual": residual, "mode": mode}, size).eval()
         with torch.no_grad():
             score, amap = model(torch.rand(2, 3, *size))
         assert score.shape == (2,)
         assert amap.shape == (2, 1, *size)
         assert score.dtype == amap.dtype == torch.float32
 
-    def test_rejects_unknown_residual(self) -> None:
-        """An unknown residual name fails at build time with the value in the message."""
+    def test_tiles_are_averaged_where_they_overlap(self) -> None:
+        """The tiled reconstruction is, pixel by pixel, the mean of the reconstructions of the patches covering it."""
+        model = _build(TINY, (40, 56)).eval()
+        x = torch.rand(2, 1, 40, 56)
+        with torch.no_grad():
+            got = model.reconstruct_tiled(x)
+            total, count = torch.zeros_like(x), torch.zeros_like(x)
+            for y in (0, 8):
+                for x0 in (0, 16, 24):
+                    total[..., y : y + 32, x0 : x0 + 32] += model.reconstruct(x[..., y : y + 32, x0 : x0 + 32])
+                    count[..., y : y + 32, x0 : x0 + 32] += 1
+        assert sorted(model.tiles) == [(y, x0) for y in (0, 8) for x0 in (0, 16, 24)]
+        torch.testing.assert_close(got, total / count)
+
+    def test_latent_is_a_vector(self) -> None:
+        """The bottleneck is one latent vector per patch (the paper's dense 1 x 1 x 100), not a feature map."""
+        model = _build({**TINY, "latent": 100}, (32, 32)).eval()
+        with torch.no_grad():
+            assert model.encoder(torch.rand(3, 1, 32, 32)).shape == (3, 100, 1, 1)
+
+    def test_rejects_unknown_residual_and_small_inputs(self) -> None:
+        """An unknown residual fails at params time, an input smaller than the patch at build, both with values."""
         with pytest.raises(registry.DetectorError, match="residual='cosine'"):
             _build({"residual": "cosine"}, (32, 32))
+        with pytest.raises(ValueError, match="smaller than the patch 128"):
+            _build({}, (64, 64))
 
 
 class TestFit:

@@ -59,7 +59,7 @@ class TestExportCli:
         checkpoint = pytest.importorskip("detectors.checkpoint")
         from detectors import registry
 
-        params = {"width": 8, "depth": 2, "latent": 4}
+        params = {"width": 4, "latent": 8, "patch": 32, "stride": 16}
         torch.manual_seed(0)
         model = registry.build("ssim_ae", params, (64, 64)).eval()
         meta = checkpoint.CheckpointMeta(
@@ -79,4 +79,4 @@ class TestExportCli:
         assert (b.name, b.detector, b.input.height, b.opset) == ("line3", "ssim_ae", 64, 17)
         assert (b.thresholds.image, b.thresholds.pixel, b.thresholds.offset) == (1.0, 0.9, 0.0)
         assert b.training.images == 3 and b.metrics == {"image_auroc": 0.75}
-        assert np.isclose(b.detector_params["width"], 8)
+        assert np.isclose(b.detector_params["width"], 4)

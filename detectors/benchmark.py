@@ -86,6 +86,20 @@ def render_table(rows: list[dict], header: str) -> str:
             f"| {det} | {len(tex)} | {_fmt(mean.get('image_auroc'))} | {_fmt(mean.get('pixel_auroc'))} | "
             f"{_fmt(mean.get('aupro'))} | {_fmt(mean.get('image_auroc_subtle'))} |"
         )
+    typed = [r for r in rows if "distortion" in (r.get("image_auroc_per_type") or {})]
+    if typed:
+        lines += [
+            "",
+            "| detector | category | image AUROC | distortion | other defect types (mean of per-type AUROC) |",
+            "|---|---|---|---|---|",
+        ]
+        for r in typed:
+            per = r["image_auroc_per_type"]
+            others = [v for k, v in per.items() if k != "distortion"]
+            lines.append(
+                f"| {r['detector']} | {r['category']} | {_fmt(r['image_auroc'])} | {_fmt(per['distortion'])} | "
+                f"{_fmt(float(np.mean(others)) if others else None)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -103,6 +117,7 @@ def benchmark(
     params: dict[str, dict] | None = None,
     append: bool = False,
     bank_sizes: list[int] | None = None,
+    variants: list[str] | None = None,
 ) -> list[dict]:
     """Run every detector on every category; returns the result rows (also written to `out` and `out`.json).
 
@@ -110,6 +125,8 @@ def benchmark(
     (detector, category) pairs are kept, so detectors can be benchmarked in separate sessions into one table.
     `bank_sizes` adds rows `patchcore[M]`: one fit with a bank of max(M) rows, evaluated with its first M rows
     each. The greedy k-center order makes the first M rows exactly the coreset a fit with max_bank=M would keep.
+    `variants` adds rows named `DETECTOR[KEY=VALUE,...]`, each a run of DETECTOR with those params over `params`
+    (e.g. `metric[classes=2]` beside `metric[classes=3]`).
     """
     import torch
 
@@ -129,6 +146,12 @@ def benchmark(
     previous = out.with_suffix(".json")
     runs = [(d, None) for d in detectors] + [("patchcore", m) for m in sorted(bank_sizes or [], reverse=True)]
     names = [d if m is None else f"patchcore[{m}]" for d, m in runs]
+    variant_params: dict[str, dict] = {}
+    for text in variants or []:
+        det, extra = parse_variant(text)
+        runs.append((det, None))
+        names.append(text)
+        variant_params[text] = extra
     if append and previous.is_file():
         rerun = {(d, c.name) for d in names for c in cats}
         rows = [r for r in json.loads(previous.read_text()) if (r["detector"], r["category"]) not in rerun]
@@ -139,7 +162,7 @@ def benchmark(
             start = time.monotonic()
             try:
                 if bank is None or bank == max(bank_sizes or [0]):
-                    fit_params = dict((params or {}).get(det) or {})
+                    fit_params = {**((params or {}).get(det) or {}), **variant_params.get(name, {})}
                     if bank is not None:
                         fit_params.update(coreset=1.0, max_bank=bank)
                     result = train_detector(
@@ -174,6 +197,42 @@ def benchmark(
     return rows
 
 
+def paired_latency(checkpoints: list[Path], runs: int) -> str:
+    """ORT ms/image of the checkpoints' detector graphs, interleaved (one image each per round), and ratios."""
+    from detectors.checkpoint import load
+    from detectors.evaluate import ORT_THREADS, paired_ort_latency_ms
+
+    models, sizes = {}, set()
+    for path in checkpoints:
+        model, meta = load(path)
+        models[f"{meta.detector} ({path})"] = model
+        sizes.add((int(meta.input_size[0]), int(meta.input_size[1])))
+    if len(sizes) != 1:
+        msg = f"--paired-latency needs checkpoints of one input size, found {sorted(sizes)}"
+        raise registry.DetectorError(msg)
+    load_before = os.getloadavg()[0]
+    medians = paired_ort_latency_ms(models, sizes.pop(), runs=runs)
+    first = next(iter(medians.values()))
+    lines = [
+        f"ONNX Runtime, {ORT_THREADS} threads, batch 1, {runs} interleaved rounds, medians; {cpu_description()}; "
+        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after",
+        "| model | ms/image | ratio to the first |",
+        "|---|---|---|",
+        *(f"| {name} | {ms:.2f} | {ms / first:.2f} |" for name, ms in medians.items()),
+    ]
+    return "\n".join(lines)
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """`DETECTOR[KEY=VALUE,...]` -> (detector, checked params); the text is also the row's name."""
+    det, sep, rest = text.partition("[")
+    if not sep or not rest.endswith("]"):
+        msg = f"--variants {text!r}: expected DETECTOR[KEY=VALUE,...], e.g. metric[classes=2]"
+        raise registry.DetectorError(msg)
+    items = [item for item in rest[:-1].split(",") if item]
+    return det, registry.parse_assignments(registry.get(det), items)
+
+
 def truncate_bank(src: Path, dst: Path, rows: int) -> None:
     """Copy a patchcore checkpoint keeping the first `rows` bank rows (its greedy k-center order)."""
     from detectors.checkpoint import load, save
@@ -190,7 +249,15 @@ def truncate_bank(src: Path, dst: Path, rows: int) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark options."""
-    parser.add_argument("--data", required=True, type=Path, help="folder of built categories (inspectd dataset build)")
+    parser.add_argument("--data", type=Path, help="folder of built categories (inspectd dataset build); required")
+    parser.add_argument(
+        "--paired-latency",
+        nargs="+",
+        type=Path,
+        metavar="CKPT",
+        help="only time these checkpoints' graphs in ONNX Runtime, interleaved, with ratios to the first",
+    )
+    parser.add_argument("--rounds", type=int, default=50, help="interleaved rounds for --paired-latency")
     parser.add_argument("--minutes", type=float, default=3.0, help="training budget per (detector, category) run")
     parser.add_argument("--out", type=Path, default=Path("var/bench/detectors.md"), help="Markdown table to write")
     parser.add_argument(
@@ -199,7 +266,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("var/bench/detectors"),
         help="checkpoints, metric JSONs and heatmap grids go here",
     )
-    parser.add_argument("--detectors", nargs="+", default=registry.names(), choices=registry.names(), metavar="NAME")
+    parser.add_argument(
+        "--detectors",
+        nargs="+",
+        default=None,
+        choices=registry.names(),
+        metavar="NAME",
+        help="default: every registered detector (none when --variants is given)",
+    )
     parser.add_argument("--categories", nargs="+", default=None, metavar="NAME", help="default: every category found")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
@@ -219,6 +293,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also rows patchcore[M]: one fit with max(M) bank rows, evaluated with its first M rows (trade-off)",
     )
     parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        metavar="DETECTOR[KEY=VALUE,...]",
+        help="also rows of a detector with other params, named as given, e.g. metric[classes=2] metric[classes=3]",
+    )
+    parser.add_argument(
         "--append",
         action="store_true",
         help="keep rows of other detector/category pairs from an earlier run's <out>.json",
@@ -226,7 +307,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark and print the table."""
+    """Run the benchmark and print the table (or, with --paired-latency, only time the checkpoints given)."""
+    if args.paired_latency:
+        print(paired_latency(args.paired_latency, args.rounds))
+        return 0
+    if args.data is None:
+        msg = "inspectd benchmark-detectors: --data is required (only --paired-latency runs without it)"
+        raise registry.DetectorError(msg)
     per_detector: dict[str, list[str]] = {}
     for item in args.param:
         det, sep, kv = item.partition(":")
@@ -242,6 +329,7 @@ def run(args: argparse.Namespace) -> int:
             f"--minutes {args.minutes:g}",
             *(f"--param {p}" for p in args.param),
             *([f"--bank-sizes {' '.join(map(str, args.bank_sizes))}"] if args.bank_sizes else []),
+            *([f"--variants {' '.join(args.variants)}"] if args.variants else []),
         ]
     )
     rows = benchmark(
@@ -249,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
         minutes=args.minutes,
         out=args.out,
         work=args.work,
-        detectors=list(args.detectors),
+        detectors=list(args.detectors if args.detectors is not None else [] if args.variants else registry.names()),
         categories=args.categories,
         size=args.size,
         seed=args.seed,
@@ -257,6 +345,7 @@ def run(args: argparse.Namespace) -> int:
         params=params,
         append=args.append,
         bank_sizes=args.bank_sizes,
+        variants=args.variants,
     )
     print(args.out.read_text())
     return 1 if any("error" in r for r in rows) else 0

@@ -14,6 +14,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -50,32 +51,45 @@ def ort_latency_ms(model, size: tuple[int, int], runs: int = ORT_RUNS, threads: 
     The bundle adds only a cast, a transpose and the threshold arithmetic around it; the same graph is what
     `inspectd bench` times inside a bundle. Sequential execution, no spin-wait (as the daemon runs it).
     """
+    return paired_ort_latency_ms({"model": model}, size, runs, threads)["model"]
+
+
+def paired_ort_latency_ms(
+    models: dict[str, Any], size: tuple[int, int], runs: int = ORT_RUNS, threads: int = ORT_THREADS
+) -> dict[str, float]:
+    """`ort_latency_ms` of several detectors, timed in interleaved rounds so they share the machine's load.
+
+    On a shared box the load changes minute to minute; one image of each model per round makes their ratio
+    meaningful even when the absolute numbers are not.
+    """
     import tempfile
 
     import onnxruntime as ort
     import torch
 
-    model = model.cpu().eval()
     x = torch.rand(1, 3, *size)
+    feed = {"x": x.numpy()}
+    sessions = {}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        path = f"{tmp}/m.onnx"
-        torch.onnx.export(
-            model, (x,), path, input_names=["x"], opset_version=17, dynamo=False,
-            dynamic_axes={"x": {0: "b"}},
-        )  # fmt: skip
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        feed = {"x": x.numpy()}
-        sess.run(None, feed)
-        times = []
-        for _ in range(runs):
+        for i, (name, model) in enumerate(models.items()):
+            path = f"{tmp}/m{i}.onnx"
+            torch.onnx.export(
+                model.cpu().eval(), (x,), path, input_names=["x"], opset_version=17, dynamo=False,
+                dynamic_axes={"x": {0: "b"}},
+            )  # fmt: skip
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            sessions[name] = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            sessions[name].run(None, feed)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(runs):
+        for name, sess in sessions.items():
             start = time.perf_counter()
             sess.run(None, feed)
-            times.append((time.perf_counter() - start) * 1000)
-    return float(np.median(times))
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def _heat(amap: np.ndarray, lo: float, hi: float) -> np.ndarray:

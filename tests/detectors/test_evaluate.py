@@ -87,3 +87,21 @@ class TestEvaluateAndBenchmark:
         assert rc == 0
         table = out.read_text()
         assert "| padim | brick |" in table and "mean image AUROC" in table
+
+    def test_benchmark_variants_and_paired_latency(self, tiny_dataset, tmp_path, capsys):
+        """--variants adds rows named DETECTOR[params] (+ distortion table); --paired-latency times them interleaved."""
+        out, work = tmp_path / "table.md", tmp_path / "work"
+        variants = ["variation[smooth=0]", "variation[smooth=3,channels=3]"]
+        args = ["benchmark-detectors", "--data", str(tiny_dataset), "--minutes", "inf", "--size", "64"]
+        assert main([*args, "--out", str(out), "--work", str(work), "--variants", *variants]) == 0
+        table = out.read_text()
+        for name in variants:
+            assert f"| {name} | brick |" in table
+        assert "| variation | brick |" not in table  # only the variants were asked for
+        assert "| detector | category | image AUROC | distortion |" in table
+        rows = json.loads(out.with_suffix(".json").read_text())
+        assert {r["detector"] for r in rows} == set(variants) and all(r["train_steps"] == 8 for r in rows)
+        ckpts = [str(work / "brick" / f"{name}.pt") for name in variants]
+        assert main(["benchmark-detectors", "--paired-latency", *ckpts, "--rounds", "3"]) == 0
+        printed = capsys.readouterr().out
+        assert "interleaved rounds" in printed and f"| variation ({ckpts[0]}) |" in printed and "| 1.00 |" in printed

@@ -134,13 +134,14 @@ def benchmark(
     from detectors.train import TrainResult, train_detector
 
     cats = [c for c in find_categories(data) if categories is None or c.name in categories]
+    pretrained = [*detectors, *(["patchcore"] if bank_sizes and "patchcore" not in detectors else [])]
     header = (
         f"Produced by `{command or 'inspectd benchmark-detectors'}` "
         f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{cpu_description()}, load average at start {os.getloadavg()[0]:.1f}, "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads, "
         f"{size}x{size} input, training budget {minutes:g} min per run, seed {seed}. "
-        f"Pretrained weights: {', '.join(d for d in detectors if registry.get(d).pretrained) or 'none'}."
+        f"Pretrained weights: {', '.join(d for d in pretrained if registry.get(d).pretrained) or 'none'}."
     )
     rows: list[dict] = []
     previous = out.with_suffix(".json")

@@ -105,3 +105,18 @@ class TestEvaluateAndBenchmark:
         assert main(["benchmark-detectors", "--paired-latency", *ckpts, "--rounds", "3"]) == 0
         printed = capsys.readouterr().out
         assert "interleaved rounds" in printed and f"| variation ({ckpts[0]}) |" in printed and "| 1.00 |" in printed
+
+    def test_bank_size_rows(self, tiny_dataset, tmp_path):
+        """--bank-sizes: one patchcore fit at the largest bank, a row per size, each checkpoint with that many rows."""
+        out = tmp_path / "table.md"
+        args = ["benchmark-detectors", "--data", str(tiny_dataset), "--out", str(out), "--work", str(tmp_path / "w")]
+        rc = main([*args, "--detectors", "padim", "--size", "64", "--bank-sizes", "16", "32", "--param", "padim:d=8"])
+        assert rc == 0
+        table = out.read_text()
+        assert "| patchcore[16] | brick |" in table and "| patchcore[32] | brick |" in table
+        assert "Pretrained weights: padim, patchcore" in table
+        from detectors.checkpoint import load
+
+        assert load(tmp_path / "w" / "brick" / "patchcore[16].pt")[0].bank.shape[0] == 16
+        rows = json.loads(out.with_suffix(".json").read_text())
+        assert all(r["ort_ms_per_image"] > 0 and len(r["load_average"]) == 3 for r in rows)

@@ -16,7 +16,9 @@ driver adds what the source needs on top:
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import time
 from typing import Any
 
@@ -43,6 +45,44 @@ _IO_ERRORS = {  # ArvDeviceError codes that mean "the camera did not answer", no
     Aravis.DeviceError.NOT_CONNECTED, Aravis.DeviceError.TRANSFER_ERROR, Aravis.DeviceError.TIMEOUT,
     Aravis.DeviceError.NOT_CONTROLLER, Aravis.DeviceError.PROTOCOL_ERROR_BUSY,
 }
+
+
+_PROTOCOL_OVERHEAD = 1024  # what Aravis' AUTO socket buffer adds to the payload (IP + UDP + GVSP headers)
+
+
+def _grow_receive_buffer(port: int, size: int) -> None:
+    """Size the stream's UDP receive buffer to a whole frame now, before the first frame is sent.
+
+    Aravis' AUTO mode grows it only when the first frame's leader arrives, so a frame larger than the kernel default
+    (net.core.rmem_default, 208 KiB) overflowed it: the first exposure after every (re)connect lost its tail and
+    was an error verdict (seen on the plain socket: about one start in two). Aravis does not expose the socket, so
+    it is found by its local port among this process's file descriptors; the kernel caps the size at
+    net.core.rmem_max (README, Industrial cameras). Best effort: without /proc the AUTO mode still applies.
+    """
+    inodes = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") not in inodes:
+                continue
+            with socket.socket(fileno=os.dup(int(fd))) as sock:  # a duplicate: closing it leaves Aravis' socket open
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < size:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        except OSError:
+            continue
 
 
 def _io(exc: GLib.Error) -> Exception:
@@ -148,9 +188,10 @@ class AravisConnection:
         if stream is None:
             msg = "Aravis could not create the stream"
             raise RuntimeError(msg)
+        payload = self._cam.get_payload()
         if self._gv:
             stream.set_property("socket-buffer", Aravis.GvStreamSocketBuffer.AUTO)
-        payload = self._cam.get_payload()
+            _grow_receive_buffer(stream.get_port(), payload + _PROTOCOL_OVERHEAD)
         for _ in range(buffers):
             stream.push_buffer(Aravis.Buffer.new_allocate(payload))
         self._stream = stream

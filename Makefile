@@ -43,8 +43,11 @@ lint: setup
 	$(BIN)/python -c 'import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())' --no-logo
 	$(BIN)/python -m mypy
 
+# A pytest killed by a signal (a C library aborting) leaves var/pytest-running: the last line says which test.
 test: lint
-	$(BIN)/python -m pytest -q
+	@rm -f var/pytest-running
+	$(BIN)/python -m pytest -q || { rc=$$?; if [ -s var/pytest-running ]; then \
+		echo "pytest died (exit $$rc) while running $$(cat var/pytest-running)"; fi; exit $$rc; }
 
 # The suite while PRESSURE busy loops compete for the CPUs (default 8: what a loaded 2-core line PC or CI box looks
 # like), to catch tests that synchronise by sleeping. The loops are stopped however pytest ends.

@@ -28,6 +28,21 @@ import pytest
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 HOST = "127.0.0.1"
+# The test running now, for `make test` to name when pytest dies without a report (a C library aborting: the
+# faulthandler dump that names it is far above the tail a CI log keeps). Removed when the session ends normally.
+RUNNING = Path(__file__).resolve().parent.parent / "var" / "pytest-running"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    RUNNING.parent.mkdir(exist_ok=True)
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    RUNNING.write_text(nodeid + "\n")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    RUNNING.unlink(missing_ok=True)
 
 
 def _require(binary: str, package: str) -> None:

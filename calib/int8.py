@@ -206,7 +206,9 @@ def fp32_parts(model: onnx.ModelProto, plan: Plan, skipped: dict[str, str]) -> l
         for b in plan.kept
     ]
     parts += [Fp32Part(nodes=b, reason=why) for b, why in skipped.items()]
-    fixed = [n.name for n in model.graph.node if n.op_type in FLOAT_COMPUTE and block_of(n.name) is None]
+    fixed = [n.name for n in model.graph.node
+             if n.op_type in FLOAT_COMPUTE and block_of(n.name) is None
+             and n.name not in (*plan.quantised, *plan.kept)]
     parts += [Fp32Part(nodes=n, reason="not a learned layer (distance, smoothing or score arithmetic): 8 bits "
                        "would quantise the anomaly map itself") for n in fixed]
     parts.append(Fp32Part(nodes="input cast and normalisation, thresholds and outputs",

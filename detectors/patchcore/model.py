@@ -3,8 +3,8 @@
 Features: the mid-level maps of a pretrained CNN (strides 8 and 16 by default), each averaged over its 3x3
 neighbourhood (the paper's locally aware patches, p = 3), resampled to the finest chosen stride and concatenated.
 The memory bank, a greedy k-center coreset of the training patches (coreset.py), is a buffer and so an ONNX
-initializer: the nearest-neighbour search runs inside the graph in matmul form, |x|^2 - 2 x.m + |m|^2, over chunks of
-the bank (MatMul + ReduceMin), so ONNX Runtime and TensorRT run the same bundle. Map: the per-patch distance,
+initializer: the nearest-neighbour search runs inside the graph in matmul form, |x|^2 + min(|m|^2 - 2 x.m), over
+chunks of the bank (MatMul + ReduceMin), so ONNX Runtime and TensorRT run the same bundle. Map: the per-patch distance,
 upsampled to the input size and Gaussian-smoothed; score: the largest patch distance (the paper's image score).
 """
 
@@ -70,15 +70,16 @@ class PatchCore(nn.Module):
 
     def nearest(self, patches: torch.Tensor) -> torch.Tensor:
         """Distance of each patch (B, P, dim) to its nearest bank row: (B, P), matmul form, chunked over the bank."""
-        x_sq = (patches * patches).sum(-1, keepdim=True)  # (B, P, 1)
+        # min over m of |x|^2 - 2 x.m + |m|^2 = |x|^2 + min over m of (|m|^2 - 2 x.m): |x|^2 is added after the min,
+        # and the -2 is folded into the bank constant, so the (B, P, M) tensor sees one MatMul, one Add and the min
+        # (two full-size elementwise passes fewer; and an INT8 MatMul needs no Mul after it).
         best = None
         for start in range(0, self.bank.shape[0], self.chunk):
-            bank = self.bank[start : start + self.chunk]
-            d2 = x_sq - 2.0 * torch.matmul(patches, bank.t()) + self.bank_sq[start : start + self.chunk]
-            low = d2.amin(-1)
+            bank = -2.0 * self.bank[start : start + self.chunk]
+            low = (torch.matmul(patches, bank.t()) + self.bank_sq[start : start + self.chunk]).amin(-1)
             best = low if best is None else torch.minimum(best, low)
         assert best is not None
-        return best.clamp_min(0.0).sqrt()
+        return (best + (patches * patches).sum(-1)).clamp_min(0.0).sqrt()
 
     def forward(self, x: torch.Tensor) -> DetectorOutput:
         """Score (B,) = largest patch distance; map (B, 1, H, W) = patch distances upsampled and smoothed."""

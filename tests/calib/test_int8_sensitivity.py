@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from calib.int8 import stressed
-from calib.qdq import QuantSpec, block_of, fp32_ops, learned_blocks, prepare
+from calib.qdq import QuantSpec, block_of, fp32_ops, learned_blocks, prepare, quantise_blocks
 from calib.sensitivity import output_error, rank_blocks, search
 from export.build import export_bundle
 from export.runtime import run_model
@@ -93,7 +93,7 @@ def test_ranking_names_the_planted_block(prepared, images, tmp_path):
     """Quantising block b alone moves the outputs most."""
     blocks, skipped = learned_blocks(onnx.load(str(prepared)))
     assert set(blocks) == {"/detector/body/a", "/detector/body/b", "/detector/body/c"}
-    assert "3-channel image" in skipped["/detector/body/stem"]  # the RGB stem stays FP32 by rule
+    assert "read 3 channel(s)" in skipped["/detector/body/stem"]  # the RGB stem stays FP32 by rule
     ranking = rank_blocks(prepared, blocks, CPU, images, images, tmp_path / "cache.json")
     assert ranking[0].block == "/detector/body/b"
     assert ranking[0].error > 5 * ranking[1].error
@@ -119,3 +119,45 @@ def test_search_keeps_the_planted_block_fp32(prepared, images, tmp_path):
         n for n in blocks["/detector/body/b"] if "Conv" in n
     )
     assert fp32_ops(out, blocks["/detector/body/a"]) == []  # a quantised block really runs integer kernels
+
+
+class _BankDetector(nn.Module):
+    """A Sequential body (a PDN-like layer stack) and a nearest-neighbour distance by a 2-D bank at detector level."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(8, 8, 1),
+                                  nn.ReLU(), nn.Conv2d(8, 8, 1))
+        self.register_buffer("bank", torch.rand(16, 8))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map = distance of each feature vector to its nearest bank row (matmul form), score = its max."""
+        f = self.body(x).flatten(2).transpose(1, 2)  # (B, P, 8)
+        d2 = (torch.matmul(f, -2.0 * self.bank.t()) + (self.bank**2).sum(1)).amin(-1) + (f * f).sum(-1)
+        amap = d2.clamp_min(0).sqrt().reshape(x.shape[0], 1, x.shape[2] // 2, x.shape[3] // 2)
+        amap = nn.functional.interpolate(amap, scale_factor=2.0, mode="nearest")
+        return amap.amax(dim=(1, 2, 3)), amap
+
+
+def test_sequential_layers_and_a_linear_map_are_units(images, tmp_path):
+    """A Sequential splits into Conv+ReLU(+pool) layers; the bank MatMul is a unit whose output stays float."""
+    assert block_of("/detector/teacher/body/body.3/Conv") == "/detector/teacher/body/body.3"
+    assert block_of("/detector/ae/decoder.0/decoder.0.1/Relu") == "/detector/ae/decoder.0/decoder.0.1"
+    rng = np.random.default_rng(0)
+    bundle, _ = export_bundle(_BankDetector(), tiny_meta(), tmp_path / "bundle",
+                              images=np.stack([good_image(rng) for _ in range(4)]))
+    prepared = tmp_path / "prepared.onnx"
+    prepare(bundle.onnx_path, prepared)
+    blocks, skipped = learned_blocks(onnx.load(str(prepared)))
+    assert {b: [n.rsplit("/", 1)[1] for n in nodes] for b, nodes in blocks.items()} == {
+        "/detector/body/body.3": ["Conv", "Relu"], "/detector/body/body.5": ["Conv"], "/detector/MatMul": ["MatMul"]}
+    assert list(skipped) == ["/detector/body/body.0"]  # the image-reading conv, its ReLU and pool: one layer, FP32
+    out = tmp_path / "int8.onnx"
+    quantise_blocks(prepared, out, images, CPU, [n for nodes in blocks.values() for n in nodes], tmp_path / "c.json")
+    graph = onnx.load(str(out)).graph
+    matmul = next(n for n in graph.node if n.name == "/detector/MatMul")
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] == matmul.output[0] for n in graph.node)
+    assert fp32_ops(out, [n for nodes in blocks.values() for n in nodes]) == []  # MatMulIntegerToFloat, QLinearConv
+    assert output_error(run_model(prepared, images), run_model(out, images)) < 0.05
+

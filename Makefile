@@ -55,8 +55,9 @@ PRESSURE ?= 8
 test-pressure: setup
 	@pids=""; for i in $$(seq $(PRESSURE)); do sh -c 'while :; do :; done' & pids="$$pids $$!"; done; \
 	trap 'kill $$pids 2>/dev/null' EXIT INT TERM; \
-	echo "$(PRESSURE) busy loops on $$(nproc) CPUs (pids$$pids)"; \
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	echo "$(PRESSURE) busy loops on $$(nproc) CPUs (pids$$pids)"; rm -f var/pytest-running; \
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) || { rc=$$?; if [ -s var/pytest-running ]; then \
+		echo "pytest died (exit $$rc) while running $$(cat var/pytest-running)"; fi; exit $$rc; }
 
 clean:
 	rm -rf $(VENV) var

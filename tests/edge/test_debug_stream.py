@@ -211,35 +211,54 @@ class TestDebugSink:
         assert (got["seq"], got["verdict"]) == (500, "fail")
 
     def test_stalled_subscriber_does_not_block(self, ctx: zmq.Context) -> None:
-        """With one subscriber connected but never reading, publish keeps returning and a second one stays live."""
+        """With one subscriber connected but never reading, publish keeps returning and a second one stays live.
+
+        The stalled viewer is another process, as a real one is: libzmq's SUB side can abort its own process when a
+        full pipe is torn down in the middle of a multipart message (zeromq/libzmq#3442), which took the whole test
+        run down when the stalled socket lived in this process.
+        """
+        import subprocess
+        import sys
+
         config = loopback(fps=120, hwm=2, jpeg_quality=100)
         with DebugSink(config) as sink:
-            stalled = subscriber(ctx, sink.endpoint)
-            stalled.setsockopt(zmq.RCVHWM, 1)
-            stalled.setsockopt(zmq.RCVBUF, 4096)
-            receive_one(stalled, sink)  # connected and subscribed; from now on it never reads
-            frames = [make_inspection(i, size=384, noise=True) for i in range(8)]  # ~450 KB JPEGs: fill buffers fast
-            done = threading.Event()
-            target = sink.sent + 60  # far more than the stalled peer's buffers hold: sending must go on past them
+            stalled = subprocess.Popen([sys.executable, "-c", STALLED_SUBSCRIBER, sink.endpoint],
+                                       stdout=subprocess.PIPE, text=True)
+            try:
+                assert stalled.stdout is not None and stalled.stdout.readline().strip() == "ready"
+                got_one = threading.Event()
+                out = stalled.stdout
+                threading.Thread(target=lambda: out.readline().strip() == "stalled" and got_one.set(),
+                                 daemon=True).start()
+                deadline, seq = time.monotonic() + 30, 0
+                while not got_one.wait(0.02):  # subscribed and one message in: from now on it never reads
+                    assert time.monotonic() < deadline, "the stalled subscriber never received its first message"
+                    sink.publish(make_inspection(seq))
+                    seq += 1
+                frames = [make_inspection(i, size=384, noise=True) for i in range(8)]  # ~450 KB JPEGs
+                done = threading.Event()
+                target = sink.sent + 60  # far more than the stalled peer's buffers hold: sending must go on past them
 
-            def flood() -> None:
-                deadline, i = time.monotonic() + 60, 0
-                while sink.sent < target and time.monotonic() < deadline:
-                    sink.publish(frames[i % len(frames)])
-                    i += 1
-                    time.sleep(0.005)
-                done.set()
+                def flood() -> None:
+                    deadline, i = time.monotonic() + 60, 0
+                    while sink.sent < target and time.monotonic() < deadline:
+                        sink.publish(frames[i % len(frames)])
+                        i += 1
+                        time.sleep(0.005)
+                    done.set()
 
-            thread = threading.Thread(target=flood, daemon=True)
-            thread.start()
-            thread.join(timeout=90)
-            assert done.is_set(), "publish blocked behind a stalled subscriber"
-            assert sink.sent >= target, f"encoder thread stalled: only {sink.sent} of {target} sent within 60 s"
-            live = subscriber(ctx, sink.endpoint)
-            seen = [decode_message(receive_one(live, sink, seq0=10_000 + 100 * i)).header["seq"] for i in range(3)]
-            assert max(seen) >= 10_000, f"a live subscriber got only stale frames {seen} beside a stalled one"
-            live.close()
-            stalled.close()
+                thread = threading.Thread(target=flood, daemon=True)
+                thread.start()
+                thread.join(timeout=90)
+                assert done.is_set(), "publish blocked behind a stalled subscriber"
+                assert sink.sent >= target, f"encoder thread stalled: only {sink.sent} of {target} sent within 60 s"
+                live = subscriber(ctx, sink.endpoint)
+                seen = [decode_message(receive_one(live, sink, seq0=10_000 + 100 * i)).header["seq"] for i in range(3)]
+                assert max(seen) >= 10_000, f"a live subscriber got only stale frames {seen} beside a stalled one"
+                live.close()
+            finally:
+                stalled.kill()
+                stalled.wait()
 
     def test_curve_only_admits_clients_with_server_key(self, ctx: zmq.Context, tmp_path: Path) -> None:
         """With CURVE keys only clients in curve_clients_dir receive (a plain one or a stranger gets nothing)."""
@@ -311,7 +330,10 @@ sub.setsockopt(zmq.RECONNECT_IVL, 10)
 sub.setsockopt(zmq.SUBSCRIBE, b"")
 sub.connect(sys.argv[1])
 print("ready", flush=True)
-time.sleep(3600)  # connected and subscribed, never reading
+if sub.poll(60_000):
+    sub.recv_multipart()  # one message: the subscription has reached the publisher
+    print("stalled", flush=True)
+time.sleep(3600)  # connected and subscribed, never reading again
 """
 
 

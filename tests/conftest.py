@@ -284,6 +284,8 @@ def mqtt_collector(broker: Broker) -> Iterator[Callable[..., Collector]]:
     """
     import paho.mqtt.client as mqtt
 
+    from edge.mqtt.connection import stop_loop
+
     clients: list[mqtt.Client] = []
 
     def collect(topic_filter: str, timeout: float = 10.0, *, v5: bool = False) -> Collector:
@@ -324,7 +326,7 @@ def mqtt_collector(broker: Broker) -> Iterator[Callable[..., Collector]]:
     yield collect
     for client in clients:
         client.disconnect()
-        client.loop_stop()
+        stop_loop(client)
 
 
 @pytest.fixture

@@ -332,7 +332,7 @@ class MqttConnection:
                 self._beat()
             if self._stopping.is_set():
                 return self._accepted
-        self._client.loop_stop()  # paho's thread has left its loop (reconnect_on_failure is off): join it
+        stop_loop(self._client)  # paho's thread has left its loop (reconnect_on_failure is off): join it
         return self._accepted
 
     def _sleep(self, seconds: float) -> None:
@@ -523,7 +523,7 @@ class MqttConnection:
             self._client.disconnect()
         if self._thread is not None:
             self._thread.join(timeout=_CONNECT_TIMEOUT_S + 1.0)  # it may be inside a connect()
-        self._client.loop_stop()
+        stop_loop(self._client)
         with self._cond:
             self.connected = self.ready = False
         self._update_stats()
@@ -531,6 +531,19 @@ class MqttConnection:
     def _update_stats(self) -> None:
         if self._stats is not None:
             self._stats.set_broker(self.connected)
+
+
+def stop_loop(client: mqtt.Client) -> None:
+    """`client.loop_stop()`, tolerating paho's network thread ending in the middle of it.
+
+    paho 2.x checks its `_thread`, then joins it, while the thread's last act is to set `_thread = None`: after a
+    disconnect the thread can finish between the two and `loop_stop` raises AttributeError on None (seen in a test
+    teardown under CPU pressure). Then there is nothing left to join.
+    """
+    try:
+        client.loop_stop()
+    except AttributeError:
+        log.debug("mqtt_loop_already_stopped")
 
 
 def _ignore(_reason: Any) -> None:

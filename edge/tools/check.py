@@ -233,6 +233,8 @@ def _mqtt_connect(cfg: MqttConfig, timeout: float) -> Any:
     """The CONNACK reason code, or None on timeout (paho 2.x, callback API version 2)."""
     import paho.mqtt.client as mqtt
 
+    from edge.mqtt.connection import stop_loop
+
     protocol = mqtt.MQTTv5 if cfg.protocol == "5" else mqtt.MQTTv311
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"inspectd-check-{time.time_ns()}",
                          protocol=protocol, transport=cfg.transport)
@@ -258,7 +260,7 @@ def _mqtt_connect(cfg: MqttConfig, timeout: float) -> Any:
         done.wait(timeout)
     finally:
         client.disconnect()
-        client.loop_stop()
+        stop_loop(client)
     return answer[0] if answer else None
 
 

@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.config import SourceConfig
-from edge.mqtt.connection import no_delay
+from edge.mqtt.connection import no_delay, stop_loop
 from edge.sources.genicam import GenicamSource
 from edge.stats import PipelineStats
 from tests.cameras import FakeGigECamera
@@ -145,7 +145,7 @@ def test_software_trigger_round_trip(bundle: Any, broker: Broker, mqtt_collector
             stages.append(((stamp - sent_wall) * 1000, (judged - stamp) * 1000, (got_wall - judged) * 1000))
     finally:
         client.disconnect()
-        client.loop_stop()
+        stop_loop(client)
         stop(proc)
         camera.close()
     errors = sum(r["verdict"] == "error" for r in results.json())

@@ -18,6 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.bundle import Bundle
+from edge.mqtt.connection import stop_loop
 from tests.bundles import make_tiny_bundle
 from tests.cameras import FakeGigECamera, viky_cti
 from tests.conftest import Broker
@@ -146,7 +147,7 @@ class TestSoftwareTrigger:
                 assert results.wait_for(i + 1, timeout=10), f"no verdict for trigger {i}"
         finally:
             client.disconnect()
-            client.loop_stop()
+            stop_loop(client)
             code, events = stop(proc)
         assert code == 0, events[-5:]
         got = results.json()
@@ -182,7 +183,7 @@ class TestHardwareTrigger:
             assert results.wait_for(3, timeout=10)
         finally:
             client.disconnect()
-            client.loop_stop()
+            stop_loop(client)
             code, events = stop(proc)
         got = results.json()
         assert [(r["part_id"], r["verdict"]) for r in got] == [("H1", "error"), ("H2", "error"), ("H3", "error")]

@@ -27,6 +27,7 @@ import pytest
 from edge.bundle import Bundle
 from edge.config import load_config
 from edge.daemon import run_daemon
+from edge.mqtt.connection import stop_loop
 from tests.bundles import blob_frame, make_tiny_bundle
 from tests.conftest import Broker
 
@@ -209,7 +210,7 @@ class TestDaemonTriggered:
                 client.publish(f"{PREFIX}/trigger", json.dumps({"part_id": part}), qos=1).wait_for_publish(5)
             assert results.wait_for(50, timeout=20)
             client.disconnect()
-            client.loop_stop()
+            stop_loop(client)
         finally:
             stop.set()
             thread.join(60)

@@ -28,6 +28,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.bundle import Bundle
+from edge.mqtt.connection import stop_loop
 from tests.bundles import make_tiny_bundle
 from tests.conftest import Broker
 from tests.edge.test_daemon import PREFIX, ROOT, daemon_cmd
@@ -167,7 +168,7 @@ def plc(broker: Broker) -> Iterator[Plc]:
     assert connected.wait(10)
     yield plc
     client.disconnect()
-    client.loop_stop()
+    stop_loop(client)
 
 
 @dataclass

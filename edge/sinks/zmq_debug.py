@@ -1,10 +1,11 @@
 """ZeroMQ debug stream: frames + heatmaps for `inspectd view`, never at the pipeline's expense.
 
-Wire format, one multipart message per debug frame:
+Wire format, one single-frame ZeroMQ message per debug frame (format 2):
 
-    [topic, header JSON, frame JPEG, heatmap PNG]
+    topic | 0x00 | header length, JPEG length, PNG length (3 x uint32, big-endian) | header JSON | JPEG | PNG
 
-- topic: ``inspectd/debug/<source>`` (UTF-8); a viewer subscribes to the ``inspectd/debug`` prefix.
+- topic: ``inspectd/debug/<source>`` (UTF-8); a viewer subscribes to the ``inspectd/debug`` prefix (ZeroMQ matches
+  the start of the message).
 - header: the verdict's fields (seq, frame_id, ts, verdict, score, threshold, regions, latency_ms, model, source,
   part_id, error) plus ``timings`` (ms per stage), ``frame_size`` [w, h] of the captured frame (region boxes are in
   those coordinates; the JPEG may be downscaled), ``heatmap_max`` (the map value that PNG level 255 stands for),
@@ -13,10 +14,16 @@ Wire format, one multipart message per debug frame:
 - heatmap: 8-bit grey PNG of the anomaly map at model size, ``level = clip(map / heatmap_max, 0, 1) * 255``;
   empty when the verdict has no map (e.g. an ``error``).
 
+Why one frame and not a multipart message (format 1 was ``[topic, header, jpeg, png]``): libzmq 4.3 aborts the
+*publishing* process (``Resource temporarily unavailable (src/session_base.cpp:233)``, zeromq/libzmq#3442) when the
+PUB socket is closed while a peer that has stopped reading disconnects and a multipart message is half-sent to it
+-- a stalled viewer quitting as the daemon stops took the daemon down with SIGABRT. A single-frame message is never
+half-pulled from the pipe, so that assertion cannot be reached.
+
 Why it cannot slow the pipeline: `publish` only swaps the inspection into a one-slot "latest wins" buffer (a lock
 and a reference, no copying or encoding); a worker thread does the JPEG/PNG encoding at most `debug.fps` times a
 second and sends with NOBLOCK on a PUB socket whose high-water mark is small and LINGER is 0, so a slow or stalled
-viewer only loses debug frames. ZMQ_CONFLATE is not used: it keeps only the last *part* of a multipart message.
+viewer only loses debug frames.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import ipaddress
 import itertools
 import json
 import math
+import struct
 import threading
 import time
 from collections.abc import Mapping
@@ -48,13 +56,14 @@ from edge.verdict import Inspection
 log = get_logger(__name__)
 
 TOPIC_PREFIX = "inspectd/debug"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_LENGTHS = struct.Struct(">III")  # header, JPEG and PNG byte counts, after the topic's NUL terminator
 MAX_SIDE = 1280  # debug JPEGs are downscaled to this longest side: cheaper to encode and to send
 HEATMAP_MAX = 2.0  # map value sent as PNG level 255 (and drawn at the top of the viewer's colour map); 1.0 is mid-grey
 
 
 class DebugStreamError(InspectdError):
-    """Raised when a debug-stream message cannot be decoded (wrong number of parts, bad JSON or image)."""
+    """Raised when a debug-stream message cannot be decoded (not one frame, truncated, bad JSON or image)."""
 
 
 def is_loopback_endpoint(endpoint: str) -> bool:
@@ -135,8 +144,8 @@ def _unregister_clients(domain: str) -> None:
 
 def encode_message(
     inspection: Inspection, *, jpeg_quality: int = 80, counters: dict[str, int] | None = None
-) -> list[bytes]:
-    """The four parts of one debug message for `inspection` (see the module docstring)."""
+) -> bytes:
+    """The one-frame debug message for `inspection` (see the module docstring)."""
     v = inspection.verdict
     header: dict[str, Any] = v.to_dict()
     header["timings"] = {k: round(float(ms), 3) for k, ms in inspection.timings_ms.items()}
@@ -161,8 +170,10 @@ def encode_message(
         level = np.clip(np.nan_to_num(amap, nan=0.0) * (255.0 / HEATMAP_MAX), 0.0, 255.0).astype(np.uint8)
         ok, buf = cv2.imencode(".png", level, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         heat_bytes = buf.tobytes() if ok else b""
-    topic = f"{TOPIC_PREFIX}/{v.source or 'cam'}".encode()
-    return [topic, json.dumps(header, separators=(",", ":")).encode(), frame_bytes, heat_bytes]
+    topic = f"{TOPIC_PREFIX}/{v.source or 'cam'}".replace("\0", "").encode()
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    lengths = _LENGTHS.pack(len(header_bytes), len(frame_bytes), len(heat_bytes))
+    return b"".join((topic, b"\0", lengths, header_bytes, frame_bytes, heat_bytes))
 
 
 @dataclass
@@ -176,20 +187,50 @@ class DebugFrame:
     received: float = field(default_factory=time.monotonic)
 
 
-def decode_header(parts: list[bytes]) -> tuple[str, dict[str, Any]]:
-    """Topic and header of a message, without touching the images (cheap: used when draining)."""
-    if len(parts) != 4:
-        msg = f"debug message has {len(parts)} parts, expected 4 [topic, header, jpeg, png]"
+def single_frame(frames: list[bytes]) -> bytes:
+    """The message in what `recv_multipart` returned; a multipart one comes from a daemon speaking format 1."""
+    if len(frames) != 1:
+        msg = (f"debug message has {len(frames)} parts: the daemon speaks debug format 1 (multipart), this viewer "
+               f"format {FORMAT_VERSION} (one frame); run the same inspectd version on both")
         raise DebugStreamError(msg)
+    return frames[0]
+
+
+def _split(message: bytes) -> tuple[str, bytes, bytes, bytes]:
+    """(topic, header JSON, JPEG, PNG) of a message, with errors that say what is missing."""
+    end = message.find(b"\0")
+    if end < 0 or len(message) < end + 1 + _LENGTHS.size:
+        msg = f"debug message ({len(message)} bytes) lacks the topic terminator and lengths of format {FORMAT_VERSION}"
+        raise DebugStreamError(msg)
+    sizes = _LENGTHS.unpack_from(message, end + 1)
+    start = end + 1 + _LENGTHS.size
+    if start + sum(sizes) != len(message):
+        msg = (f"debug message is {len(message)} bytes but its lengths (header, JPEG, PNG = {sizes}) say "
+               f"{start + sum(sizes)}: truncated or not format {FORMAT_VERSION}")
+        raise DebugStreamError(msg)
+    header_end = start + sizes[0]
+    jpeg_end = header_end + sizes[1]
+    topic = message[:end].decode("utf-8", "replace")
+    return topic, message[start:header_end], message[header_end:jpeg_end], message[jpeg_end:]
+
+
+def _parse_header(data: bytes) -> dict[str, Any]:
+    """The header JSON as a dict that has at least seq and verdict (the viewer keys on both)."""
     try:
-        header = json.loads(parts[1])
+        header = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         msg = f"debug message header is not JSON: {exc}"
         raise DebugStreamError(msg) from None
     if not isinstance(header, dict) or "seq" not in header or "verdict" not in header:
         msg = f"debug message header lacks seq/verdict: {str(header)[:120]}"
         raise DebugStreamError(msg)
-    return parts[0].decode("utf-8", "replace"), header
+    return header
+
+
+def decode_header(message: bytes) -> tuple[str, dict[str, Any]]:
+    """Topic and header of a message, without touching the images (cheap: used when draining)."""
+    topic, header, _, _ = _split(message)
+    return topic, _parse_header(header)
 
 
 def _decode_part(data: bytes, flags: int, what: str, kind: str) -> np.ndarray | None:
@@ -203,11 +244,12 @@ def _decode_part(data: bytes, flags: int, what: str, kind: str) -> np.ndarray | 
     return image
 
 
-def decode_message(parts: list[bytes]) -> DebugFrame:
-    """Decode all four parts; the heatmap comes back on the normalised scale (threshold = 1.0)."""
-    topic, header = decode_header(parts)
-    frame = _decode_part(parts[2], cv2.IMREAD_COLOR, f"debug message seq {header['seq']}: frame part", "JPEG")
-    level = _decode_part(parts[3], cv2.IMREAD_UNCHANGED, f"debug message seq {header['seq']}: heatmap part", "PNG")
+def decode_message(message: bytes) -> DebugFrame:
+    """Decode header, frame and heatmap; the heatmap comes back on the normalised scale (threshold = 1.0)."""
+    topic, header_bytes, jpeg, png = _split(message)
+    header = _parse_header(header_bytes)
+    frame = _decode_part(jpeg, cv2.IMREAD_COLOR, f"debug message seq {header['seq']}: frame part", "JPEG")
+    level = _decode_part(png, cv2.IMREAD_UNCHANGED, f"debug message seq {header['seq']}: heatmap part", "PNG")
     amap = None
     if level is not None:
         amap = level.astype(np.float32) * (float(header.get("heatmap_max", HEATMAP_MAX)) / 255.0)
@@ -364,15 +406,15 @@ class DebugSink:
                 continue
             next_send = time.monotonic() + interval
             try:
-                parts = encode_message(
+                message = encode_message(
                     inspection,
                     jpeg_quality=self.config.jpeg_quality,
                     counters={"sent": self.sent + 1, "dropped": self.dropped},
                 )
-                # copy=True on purpose: zero-copy sends of large parts go through pyzmq's garbage-collector thread,
+                # copy=True on purpose: zero-copy sends of large messages go through pyzmq's garbage-collector thread,
                 # and terminating the context while it still holds them aborted the process (seen in the tests).
                 # A debug frame is ~100 KB at a few fps; the copy costs nothing that matters.
-                self._sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=True)
+                self._sock.send(message, flags=zmq.NOBLOCK, copy=True)
                 self.sent += 1
             except zmq.Again:
                 self.dropped += 1  # PUB drops at the HWM rather than raising, but be safe

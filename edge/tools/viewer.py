@@ -25,7 +25,15 @@ import zmq
 
 from edge.errors import ConfigError, InspectdError
 from edge.log import get_logger
-from edge.sinks.zmq_debug import TOPIC_PREFIX, DebugFrame, DebugStreamError, _curve_keys, decode_header, decode_message
+from edge.sinks.zmq_debug import (
+    TOPIC_PREFIX,
+    DebugFrame,
+    DebugStreamError,
+    _curve_keys,
+    decode_header,
+    decode_message,
+    single_frame,
+)
 from edge.tools import render
 
 log = get_logger(__name__)
@@ -127,15 +135,16 @@ class Viewer:
         """Wait up to `timeout_ms` for a message, then drain everything queued; returns how many arrived."""
         if not self._sock.poll(timeout_ms, zmq.POLLIN):
             return 0
-        newest: list[bytes] | None = None
+        newest: bytes | None = None
         count = 0
         while True:
             try:
-                parts = self._sock.recv_multipart(flags=zmq.NOBLOCK)
+                frames = self._sock.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 break
             try:
-                _, header = decode_header(parts)
+                message = single_frame(frames)
+                _, header = decode_header(message)
             except DebugStreamError as exc:
                 self.bad += 1
                 log.warning("debug_message_bad", error=str(exc))
@@ -143,8 +152,8 @@ class Viewer:
             count += 1
             self._arrivals.append((time.monotonic(), int(header["seq"])))
             if header["verdict"] != "pass":
-                self._remember_failure(parts)
-            newest = parts
+                self._remember_failure(message)
+            newest = message
         if newest is not None:
             try:
                 self.latest = decode_message(newest)
@@ -157,9 +166,9 @@ class Viewer:
                     self.shown = self.latest
         return count
 
-    def _remember_failure(self, parts: list[bytes]) -> None:
+    def _remember_failure(self, message: bytes) -> None:
         try:
-            frame = decode_message(parts)
+            frame = decode_message(message)
         except DebugStreamError:
             return
         thumb = render.render_frame(frame.frame, frame.anomaly_map, frame.header, width=240, banner=False,

@@ -173,9 +173,11 @@ class MqttConnection:
         self.delays: list[float] = []  # every backoff delay waited, in order
         self._accepted = False  # the current connection got a successful CONNACK
         self._closing = False
-        self._subs: dict[str, tuple[int, MessageCallback]] = {}
+        self._subs: dict[str, tuple[int, MessageCallback]] = {}  # delivered to; a topic stays until its UNSUBACK
+        self._leaving: set[str] = set()  # unsubscribed, UNSUBACK not yet seen: not subscribed again on a reconnect
         self._suback_pending: set[int] = set()
-        self._unsubacks: dict[int, threading.Event] = {}
+        self._unsubacks: dict[int, tuple[str, threading.Event]] = {}
+        self._early_unsubacks: set[int] = set()  # UNSUBACKs that beat their registration (this connection)
         self._acks: dict[int, AckCallback] = {}
         self._early: dict[int, tuple[Any, float]] = {}  # mid -> (reason, when): PUBACKs that beat registration
         self._stopping = threading.Event()
@@ -262,20 +264,27 @@ class MqttConnection:
     def unsubscribe(self, topic: str, timeout: float) -> bool:
         """Stop `topic` (no resubscribe on later connections); wait up to `timeout` for the UNSUBACK.
 
-        True once the broker confirmed it: no message of `topic` arrives after that.
+        True once the broker confirmed it: no message of `topic` arrives after that. Until then its messages are
+        still delivered: the broker answers UNSUBSCRIBE after the messages it forwarded earlier, and those it
+        accepted from the publisher (a PLC told "Success") must reach the pipeline.
         """
         with self._cond:
-            self._subs.pop(topic, None)
-            connected = self.connected
-        if not connected:
-            return False
-        done = threading.Event()
+            if not self.connected:
+                self._subs.pop(topic, None)
+                return False
+            self._leaving.add(topic)
         with self._io:
             rc, mid = self._client.unsubscribe(topic)
-        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
-            return False
+        done = threading.Event()
         with self._cond:
-            self._unsubacks[mid] = done
+            if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+                self._leaving.discard(topic)
+                self._subs.pop(topic, None)
+                return False
+            self._unsubacks[mid] = (topic, done)
+            if mid in self._early_unsubacks:  # the UNSUBACK beat this registration
+                self._early_unsubacks.discard(mid)
+                self._unsubscribed(mid)
         return done.wait(timeout)
 
     # the connection thread ------------------------------------------------------------------------------------------
@@ -360,9 +369,10 @@ class MqttConnection:
                 return
             with self._cond:
                 self.epoch += 1
+                self._early_unsubacks.clear()
                 self.connected = self._accepted = True
                 self.connect_error = None
-                subs = {topic: qos for topic, (qos, _) in self._subs.items()}
+                subs = {topic: qos for topic, (qos, _) in self._subs.items() if topic not in self._leaving}
                 self._suback_pending = set()
             session = bool(getattr(flags, "session_present", False))
             self._outage.ended(session)
@@ -407,9 +417,17 @@ class MqttConnection:
 
     def _on_unsubscribe(self, _client: mqtt.Client, _userdata: Any, mid: int, _reasons: Any, _props: Any) -> None:
         with guarded(self._supervisor, "mqtt-on-unsubscribe"), self._cond:
-            done = self._unsubacks.pop(mid, None)
-            if done is not None:
-                done.set()
+            if mid in self._unsubacks:
+                self._unsubscribed(mid)
+            else:
+                self._early_unsubacks.add(mid)
+
+    def _unsubscribed(self, mid: int) -> None:
+        """The broker confirmed UNSUBSCRIBE `mid`: its topic's messages are no longer delivered (lock held)."""
+        topic, done = self._unsubacks.pop(mid)
+        self._subs.pop(topic, None)
+        self._leaving.discard(topic)
+        done.set()
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         with guarded(self._supervisor, "mqtt-on-disconnect"):
@@ -455,6 +473,9 @@ class MqttConnection:
                     epoch = self.epoch
                 if entry is not None:
                     entry[1](msg, epoch)
+                else:  # only after an unconfirmed unsubscribe (e.g. while disconnected): never silently
+                    log.warning("mqtt_message_after_unsubscribe", topic=msg.topic, mid=msg.mid,
+                                note="not acknowledged: the broker keeps it for this client id's next start")
 
         return handle
 

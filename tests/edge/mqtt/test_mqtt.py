@@ -364,6 +364,53 @@ class TestTriggers:
         assert [t.warning is not None for t in got] == [False, True, False, False]
         assert all(t.stale is None and t.received <= time.monotonic() for t in got)
 
+    def test_a_trigger_sent_before_the_unsuback_is_delivered(self, broker, stack_factory, tmp_path) -> None:
+        """A trigger the broker accepted before it took the UNSUBSCRIBE reaches the pipeline: stop() loses none.
+
+        The broker forwards a trigger to the daemon before it acknowledges the PLC, and answers UNSUBSCRIBE after
+        everything it forwarded earlier, so such a trigger arrives between stop()'s UNSUBSCRIBE and the UNSUBACK.
+        Made deterministic by holding paho's network thread in the first trigger's delivery while the second is
+        accepted and stop() is called (seen under CPU pressure in tests/faults: an accepted trigger without a verdict).
+        """
+        config = make_config(broker.host, broker.port, tmp_path)
+        stack = stack_factory(config, start=False)
+        got: list[str | None] = []
+        holding, release, second = threading.Event(), threading.Event(), threading.Event()
+
+        def deliver(trigger: Trigger) -> None:  # paho's thread
+            got.append(trigger.part_id)
+            if len(got) == 1:
+                holding.set()
+                release.wait(30)
+            else:
+                second.set()
+            trigger.settle()
+
+        triggers = TriggerInput(stack.connection, config, deliver)
+        stack.start()
+        assert stack.connection.wait_ready(10)
+        plc = plc_client(broker)
+        reasons: list[str] = []
+        plc.on_publish = lambda _c, _u, _mid, reason, _p: reasons.append(str(reason))
+        topic = config.topic_prefix + "/trigger"
+        try:
+            plc.publish(topic, b'{"part_id": "A"}', qos=1).wait_for_publish(5)
+            assert holding.wait(10), "the first trigger never arrived"
+            plc.publish(topic, b'{"part_id": "B"}', qos=1).wait_for_publish(5)
+            assert reasons == ["Success", "Success"]  # B accepted: the broker has sent it on to the daemon
+            assert not triggers.stop(timeout=0.5), "UNSUBACK processed while paho's thread was held"
+            release.set()
+            assert second.wait(10), f"the trigger accepted before the unsubscribe was dropped (got {got})"
+            deadline = time.monotonic() + 20
+            while reasons[-1] != "No matching subscribers" and time.monotonic() < deadline:
+                plc.publish(topic, b'{"part_id": "C"}', qos=1).wait_for_publish(5)
+        finally:
+            release.set()
+            plc.disconnect()
+            plc.loop_stop()
+        assert reasons[-1] == "No matching subscribers", "the unsubscribe never took effect"
+        assert got == ["A", "B"]
+
     def test_a_later_continuous_run_drops_the_kept_trigger_subscription(self, broker, stack_factory,
                                                                          tmp_path) -> None:
         """The persistent session of a triggered run keeps its subscription; a run without triggers removes it."""

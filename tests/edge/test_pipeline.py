@@ -18,7 +18,7 @@ from edge.config import Config
 from edge.errors import VerdictLostError
 from edge.pipeline import Pipeline, Trigger
 from edge.seq import SeqCounter
-from edge.sources import open_source
+from edge.sources import Frame, FrameFactory, open_source
 from edge.sources.live import LiveSource
 from edge.stats import PipelineStats
 from edge.verdict import Inspection
@@ -360,6 +360,64 @@ class TestPipelineTriggered:
         (verdict,) = (i.verdict for i in sink.items)
         assert (verdict.part_id, verdict.outcome, verdict.seq) == ("P1", "error", 0)
         assert "no frame from camera cam0 within 0.3 s of the trigger" in (verdict.error or "")
+        assert answered - received >= 0.3
+
+
+    def test_software_trigger_without_exposure_is_error(self, bundle: Bundle, tmp_path: Path) -> None:
+        """A software-triggered camera fired for the part whose exposure never comes: error once trigger_timeout_s passed.
+
+        (A lost trigger command or a frame stuck in the camera.) Fired exactly once, answered not before the timeout.
+        """
+        never = threading.Event()
+
+        class Unexposed:
+            """Takes TriggerSoftware, never delivers the exposure."""
+
+            name, live, finished, dropped = "cam0", True, False, 0
+
+            def __init__(self) -> None:
+                self.frames = FrameFactory("cam0")
+                self.fired = 0
+
+            def read(self, timeout: float) -> None:
+                never.wait(timeout)
+
+            def fire(self) -> None:
+                self.fired += 1
+
+            def exposure(self, timeout: float) -> None:
+                never.wait(timeout)
+
+            def error_frame(self, error: str) -> Frame:
+                return self.frames.make(None, error=error)
+
+            def close(self) -> None:
+                pass
+
+        config = make_config(tmp_path, mode="triggered", trigger_timeout_s=0.3)
+        config.source.kind = "genicam"  # what source.trigger needs; the source itself is the stand-in above
+        config.source.trigger = "software"
+        source = Unexposed()
+        sink = ListSink()
+        published = threading.Event()
+        pipeline = Pipeline(
+            source, load_backend(bundle, config.model), [sink], config=config,  # type: ignore[arg-type]
+            model={"name": "tiny", "hash": bundle.short_hash}, color_order="BGR", stats=PipelineStats(),
+            on_verdict=lambda _inspection: published.set(),
+        )
+        pipeline.start()
+        try:
+            received = time.monotonic()
+            pipeline.trigger(Trigger("P1", received))
+            assert published.wait(20), "no verdict within 20 s of a software trigger with trigger_timeout_s = 0.3"
+            answered = time.monotonic()
+        finally:
+            pipeline.stop()
+            pipeline.join(10)
+        (verdict,) = (i.verdict for i in sink.items)
+        assert (verdict.part_id, verdict.outcome, verdict.seq) == ("P1", "error", 0)
+        assert "no exposure from camera cam0 within 0.3 s of the trigger" in (verdict.error or "")
+        assert source.fired == 1
         assert answered - received >= 0.3
 
 

@@ -18,10 +18,10 @@ from edge.config import Config
 from edge.errors import VerdictLostError
 from edge.pipeline import Pipeline, Trigger
 from edge.seq import SeqCounter
-from edge.sources import Frame, FrameFactory, open_source
+from edge.sources import Frame, FrameFactory, Source, open_source
 from edge.sources.live import LiveSource
 from edge.stats import PipelineStats
-from edge.verdict import Inspection
+from edge.verdict import Inspection, Verdict
 from tests.bundles import blob_frame, make_tiny_bundle
 
 
@@ -86,6 +86,32 @@ def build(bundle: Bundle, config: Config, **kwargs: object) -> tuple[Pipeline, L
         color_order="BGR", stats=stats, **kwargs,  # type: ignore[arg-type]
     )
     return pipeline, sink, stats
+
+
+def answer_one_trigger(bundle: Bundle, config: Config, source: Source, stats: PipelineStats) -> tuple[Verdict, float]:
+    """Send trigger P1 to a triggered pipeline over `source`: its one verdict, and seconds until it was published.
+
+    The pipeline is stopped either way; closing the source is the caller's (a stand-in may need releasing first).
+    """
+    sink = ListSink()
+    published = threading.Event()
+    pipeline = Pipeline(
+        source, load_backend(bundle, config.model), [sink], config=config,
+        model={"name": "tiny", "hash": bundle.short_hash}, color_order="BGR", stats=stats,
+        on_verdict=lambda _inspection: published.set(),
+    )
+    pipeline.start()
+    try:
+        received = time.monotonic()
+        pipeline.trigger(Trigger("P1", received))
+        timeout = config.pipeline.trigger_timeout_s
+        assert published.wait(20), f"no verdict within 20 s of a trigger with trigger_timeout_s = {timeout:g}"
+        answered_s = time.monotonic() - received
+    finally:
+        pipeline.stop()
+        pipeline.join(10)
+    (verdict,) = (i.verdict for i in sink.items)
+    return verdict, answered_s
 
 
 class TestPipelineContinuous:
@@ -339,29 +365,15 @@ class TestPipelineTriggered:
         config.source.kind = "rtsp"
         config.source.stall_timeout_s = 60.0  # the outage path must not be what answers the trigger
         stats = PipelineStats()
-        sink = ListSink()
-        published = threading.Event()
-        pipeline = Pipeline(
-            LiveSource(config.source, Silent, stats=stats), load_backend(bundle, config.model), [sink], config=config,
-            model={"name": "tiny", "hash": bundle.short_hash}, color_order="BGR", stats=stats,
-            on_verdict=lambda _inspection: published.set(),
-        )
-        pipeline.start()
+        source = LiveSource(config.source, Silent, stats=stats)
         try:
-            received = time.monotonic()
-            pipeline.trigger(Trigger("P1", received))
-            assert published.wait(20), "no verdict within 20 s of a trigger with trigger_timeout_s = 0.3"
-            answered = time.monotonic()
+            verdict, answered_s = answer_one_trigger(bundle, config, source, stats)
         finally:
-            pipeline.stop()
-            pipeline.join(10)
             threading.Timer(0.2, release.set).start()  # once closed: the reader exits without reporting an outage
-            pipeline.source.close()  # (close waits for the reader to leave its read)
-        (verdict,) = (i.verdict for i in sink.items)
+            source.close()  # (close waits for the reader to leave its read)
         assert (verdict.part_id, verdict.outcome, verdict.seq) == ("P1", "error", 0)
         assert "no frame from camera cam0 within 0.3 s of the trigger" in (verdict.error or "")
-        assert answered - received >= 0.3
-
+        assert answered_s >= 0.3
 
     def test_software_trigger_without_exposure_is_error(self, bundle: Bundle, tmp_path: Path) -> None:
         """A software-triggered camera fired for the part whose exposure never comes: error once trigger_timeout_s passed.
@@ -398,27 +410,11 @@ class TestPipelineTriggered:
         config.source.kind = "genicam"  # what source.trigger needs; the source itself is the stand-in above
         config.source.trigger = "software"
         source = Unexposed()
-        sink = ListSink()
-        published = threading.Event()
-        pipeline = Pipeline(
-            source, load_backend(bundle, config.model), [sink], config=config,  # type: ignore[arg-type]
-            model={"name": "tiny", "hash": bundle.short_hash}, color_order="BGR", stats=PipelineStats(),
-            on_verdict=lambda _inspection: published.set(),
-        )
-        pipeline.start()
-        try:
-            received = time.monotonic()
-            pipeline.trigger(Trigger("P1", received))
-            assert published.wait(20), "no verdict within 20 s of a software trigger with trigger_timeout_s = 0.3"
-            answered = time.monotonic()
-        finally:
-            pipeline.stop()
-            pipeline.join(10)
-        (verdict,) = (i.verdict for i in sink.items)
+        verdict, answered_s = answer_one_trigger(bundle, config, source, PipelineStats())  # type: ignore[arg-type]
         assert (verdict.part_id, verdict.outcome, verdict.seq) == ("P1", "error", 0)
         assert "no exposure from camera cam0 within 0.3 s of the trigger" in (verdict.error or "")
         assert source.fired == 1
-        assert answered - received >= 0.3
+        assert answered_s >= 0.3
 
 
 class TestReadmeVerdict:
